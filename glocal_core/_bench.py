@@ -1,0 +1,126 @@
+"""The runtime benchmark of Table 3: none / local / global / glocal on the LeNet workload.
+
+The workload is the paper's: LeNet (15k parameters), SGD with learned learning rate,
+momentum and weight decay (q = 3), minibatches of 128 MNIST-shaped images, full-batch
+validation, τ = 100, σ = 80, m = 10. Images are random: run time does not depend on pixel
+values, and the benchmark must run where no dataset can be downloaded. Compilation is
+timed apart; the per-strategy seconds are the sum over windows of training (with
+forward-mode tracking where the strategy needs it), playouts and DMD.
+"""
+
+import dataclasses
+import json
+import platform
+
+import jax
+import numpy as np
+
+from ._hyperparams import sgd
+from ._models import LeNet
+from ._outer import STRATEGIES, OuterConfig, run_outer
+from ._problems import classification_problem
+
+PAPER_SECONDS = {"none": 11.4, "local": 58.2, "global": 2891.2, "glocal": 58.3}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """**Fields:** `steps` (T), `tau`, `sigma`, `m`, `batch_size`, `val_size` (validation
+    examples in ℓ̃), `train_size`, `seed`.
+
+    The defaults keep the σ/τ and m/σ proportions of the paper at a size that runs in a few
+    CPU minutes; `PAPER` is the paper's workload (MNIST's 10% hold-out has 6000 examples).
+    """
+
+    steps: int = 100
+    tau: int = 25
+    sigma: int = 20
+    m: int = 5
+    batch_size: int = 128
+    val_size: int = 256
+    train_size: int = 4096
+    seed: int = 0
+
+
+PAPER = BenchConfig(steps=10_000, tau=100, sigma=80, m=10, val_size=6000, train_size=54_000)
+
+
+def predicted_global_ratio(steps: int, tau: int) -> float:
+    """Inner steps of `global` over those of `glocal`: (T + Σ_s (T − sτ)) / T = (S + 1)/2.
+
+    Both track tangents through the T real steps; `global` adds a playout from the end of
+    every window s = 1..S to step T.
+    """
+    windows = steps // tau
+    return 1 + sum(steps - s * tau for s in range(1, windows + 1)) / steps
+
+
+def run_bench(config: BenchConfig, *, progress: bool = True) -> dict:
+    """Run the four strategies on one workload; return seconds, ratios and DMD cost."""
+    key = jax.random.key(config.seed)
+    k_model, k_train, k_val, k_test, k_run = jax.random.split(key, 5)
+
+    def images(k, n):
+        return jax.random.normal(k, (n, 28, 28, 1)), jax.random.randint(k, (n,), 0, 10)
+
+    problem = classification_problem(
+        LeNet(key=k_model), images(k_train, config.train_size), images(k_val, config.val_size),
+        images(k_test, 1000), sgd(0.1, 0.9, 1e-4), batch_size=config.batch_size,
+    )
+    seconds, compile_seconds, dmd_ms = {}, {}, None
+    for strategy in STRATEGIES:
+        outer = OuterConfig(strategy, total_steps=config.steps, tau=config.tau,
+                            sigma=config.sigma, m=config.m, eval_every=10**9)
+        result = run_outer(problem, outer, key=k_run, progress=progress, desc=f"bench {strategy}")
+        seconds[strategy] = float(np.sum(result.seconds_window + result.seconds_playout
+                                         + result.seconds_dmd))
+        compile_seconds[strategy] = result.seconds_compile
+        if strategy == "glocal":
+            dmd_ms = 1e3 * float(np.mean(result.seconds_dmd))
+    return {
+        "config": dataclasses.asdict(config),
+        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.machine()}",
+        "seconds": seconds,
+        "compile_seconds": compile_seconds,
+        "dmd_ms_per_outer_step": dmd_ms,
+        "ratios": {
+            "glocal/local": seconds["glocal"] / seconds["local"],
+            "global/glocal": seconds["global"] / seconds["glocal"],
+            "glocal/none": seconds["glocal"] / seconds["none"],
+        },
+        "predicted_global/glocal": predicted_global_ratio(config.steps, config.tau),
+    }
+
+
+def format_table(report: dict) -> str:
+    """The report as a small table for people, beside the paper's Table 3."""
+    s = report["seconds"]
+    lines = [
+        f"device: {report['device']}",
+        f"workload: {report['config']}",
+        "",
+        f"{'strategy':<10}{'seconds':>10}{'compile s':>11}{'paper s':>10}",
+    ]
+    for name in STRATEGIES:
+        lines.append(f"{name:<10}{s[name]:>10.2f}{report['compile_seconds'][name]:>11.2f}"
+                     f"{PAPER_SECONDS[name]:>10.1f}")
+    paper = PAPER_SECONDS
+    r = report["ratios"]
+    lines += [
+        "",
+        f"glocal/local  {r['glocal/local']:.3f}   (paper {paper['glocal'] / paper['local']:.3f})",
+        f"global/glocal {r['global/glocal']:.2f}   (step-count model "
+        f"{report['predicted_global/glocal']:.2f}; paper {paper['global'] / paper['glocal']:.1f}"
+        " at T = 10k)",
+        f"glocal/none   {r['glocal/none']:.2f}   (paper {paper['glocal'] / paper['none']:.2f})",
+        f"DMD per outer step: {report['dmd_ms_per_outer_step']:.2f} ms (host, float64)",
+    ]
+    return "\n".join(lines)
+
+
+def main(args) -> None:
+    config = PAPER if args.paper else BenchConfig(
+        steps=args.steps, tau=args.tau, sigma=args.sigma, m=args.m, val_size=args.val_size,
+        seed=args.seed)
+    report = run_bench(config, progress=not args.json)
+    print(json.dumps(report) if args.json else format_table(report))

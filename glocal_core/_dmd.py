@@ -1,0 +1,255 @@
+"""Hankel DMD and the glocal (steady-state) hypergradient estimate, Eq. 10, 13 and 14.
+
+Everything here runs on the host in NumPy, in float64/complex128. The matrices are tiny
+(at most `m*q` by `sigma`), and JAX has no non-symmetric eigendecomposition on the GPU, so a
+device round trip would buy nothing. Inputs may be JAX arrays; they are copied to the host.
+
+Hankel DMD is plain exact DMD after a Hankel (time-delay) step, as in PyDMD: the observable
+is `g(h_t) = [h_t; h_{t+1}; ...; h_{t+m-1}]` (paper, Sec. 4 "Implementation"; Arbabi & Mezic
+2017). Its inverse `g^{-1}` is the mean of the `m` blocks, each advanced to the same time
+(see `forecast`). For a mode with `λ = 1` all blocks are equal, so for Eq. 14 this is the
+plain mean of the blocks. For a fitted `λ ≈ 1` the blocks differ by `O(|λ - 1|)` and the mean
+is the choice that favours none of them; with noisy trajectories it measured no better and
+no worse than the first block (it does not average noise away: the mode is already a fit).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+# A singular value below `rtol * s_max` is round-off, not dynamics. 1e-6 sits above float32
+# round-off (hypergradients computed on a GPU arrive with relative noise ~1e-7) and far below
+# any mode that matters to a hypergradient step.
+_RTOL = 1e-6
+# |λ - 1| <= δ marks the steady-state modes of Eq. 14. A mode with |λ - 1| <= 1e-2 has a time
+# constant of at least 100 steps (the paper's τ), longer than the σ = 80 window, so it cannot
+# be told from a constant there; freezing it at its current value is what the local
+# hypergradient does anyway. Noise moves a true λ = 1 by ~0.2x the relative noise level (95%
+# quantile ~0.6x, measured on a constant plus decaying exponentials), so 1e-2 tolerates a
+# few percent of noise; a tighter δ makes noisy trajectories fall back to the local one.
+_DELTA = 1e-2
+# A steady state ten times larger than anything seen in the window is an extrapolation that
+# a window of `sigma` steps cannot support.
+_MAX_GROWTH = 10.0
+
+
+class DMDFit(NamedTuple):
+    """A Hankel DMD fit: `g(h_{L-m+n}) ≈ modes @ (eigenvalues**n * amplitudes)` (Eq. 13)."""
+
+    eigenvalues: np.ndarray  # complex (r,), of the reduced operator Ã
+    modes: np.ndarray  # complex (m*q, r), exact DMD modes u_j
+    amplitudes: np.ndarray  # complex (r,), b_j fitted to the last Hankel column
+    singular_values: np.ndarray  # float (k,), all singular values of the lagged matrix X
+    rank: int
+    m: int
+    q: int
+
+
+class SteadyState(NamedTuple):
+    """The glocal estimate with the diagnostics an outer loop should record."""
+
+    value: np.ndarray  # (q,) the estimate, or `local` when `fallback`
+    local: np.ndarray  # (q,) the last row of H, the local hypergradient
+    fallback: bool
+    reason: str  # why it fell back; "" when it did not
+    spectral_radius: float
+    kept: np.ndarray  # bool (r,), eigenvalues with |λ - 1| ≤ delta
+    fit: DMDFit
+
+
+def _check_trajectory(H, m: int, sigma: int | None = None) -> np.ndarray:
+    H = np.asarray(H)
+    if H.ndim != 2:
+        raise ValueError(
+            f"`H` must be a 2-D (L, q) trajectory with times as rows, got shape {H.shape}; "
+            "pass a 1-D trajectory as `H[:, None]`."
+        )
+    L = H.shape[0]
+    if sigma is not None:
+        if sigma < 2:
+            raise ValueError(f"`sigma` must be at least 2 rows, got {sigma}.")
+        if sigma > L:
+            raise ValueError(
+                f"`sigma`={sigma} exceeds len(H)={L}; lower `sigma` or pass more rows."
+            )
+        H, L = H[L - sigma :], sigma
+    if m < 1:
+        raise ValueError(f"`m` (the number of delays) must be at least 1, got {m}.")
+    if m >= L:
+        raise ValueError(
+            f"`m`={m} must be smaller than the {L} rows used (`sigma` or len(H)): the Hankel "
+            "matrix needs at least two columns."
+        )
+    if not np.all(np.isfinite(H)):
+        raise ValueError("`H` has non-finite values in the rows used; check the hypergradients.")
+    return H.astype(np.float64)
+
+
+def hankel(H, m: int) -> np.ndarray:
+    """The Hankel (time-delay) matrix of a trajectory.
+
+    **Arguments:**
+
+    - `H`: an `(L, q)` trajectory, one time per row.
+    - `m`: the number of delays.
+
+    **Returns:**
+
+    An `(m*q, L-m+1)` array whose column `t` is `g(h_t) = [h_t; h_{t+1}; ...; h_{t+m-1}]`.
+
+    ```python
+    >>> hankel(np.arange(4.0)[:, None], 2)
+    array([[0., 1., 2.],
+           [1., 2., 3.]])
+
+    ```
+    """
+    H = _check_trajectory(H, m)
+    cols = H.shape[0] - m + 1
+    return np.concatenate([H[k : k + cols].T for k in range(m)], axis=0)
+
+
+def hankel_dmd(H, m: int, *, rank: int | None = None, rtol: float = _RTOL) -> DMDFit:
+    """Exact DMD of the Hankel matrix of `H`, the finite Koopman matrix of Eq. 10.
+
+    With `G = hankel(H, m)`, `X = G[:, :-1]` and `Y = G[:, 1:]`, the reduced operator is
+    `Ã = U_r^* Y V_r Σ_r^{-1}` from the SVD of `X`, with eigenpairs `(λ, W)`; the exact modes
+    are `Φ = Y V_r Σ_r^{-1} W` and the amplitudes `b` solve `Φ b ≈ G[:, -1]` in least squares.
+
+    **Arguments:**
+
+    - `H`: an `(L, q)` trajectory, one time per row.
+    - `m`: the number of delays, `1 <= m < L`.
+    - `rank`: keep the first `rank` singular values (exact zeros are still dropped).
+    - `rtol`: otherwise keep singular values above `rtol * s_max`, `0 < rtol < 1`.
+
+    **Returns:**
+
+    A `DMDFit`. An all-zero trajectory gives `rank == 0` and empty spectra.
+    """
+    if rank is not None and rank < 1:
+        raise ValueError(f"`rank` must be a positive integer or None, got {rank}.")
+    if not 0 < rtol < 1:
+        raise ValueError(f"`rtol` must lie in (0, 1), got {rtol}; 1e-6 suits float32 data.")
+    G = hankel(H, m)
+    X, Y = G[:, :-1], G[:, 1:]
+    U, s, Vh = np.linalg.svd(X, full_matrices=False)
+    r = int(np.sum(s > 0)) if rank is not None else int(np.sum(s > rtol * s[0]))
+    if rank is not None:
+        r = min(r, rank)
+    U, V, inv_s = U[:, :r], Vh[:r].conj().T, 1.0 / s[:r]
+    YV = (Y @ V) * inv_s
+    eigenvalues, W = np.linalg.eig(U.conj().T @ YV)
+    modes = YV @ W.astype(np.complex128)
+    amplitudes = np.linalg.lstsq(modes, G[:, -1].astype(np.complex128), rcond=None)[0]
+    return DMDFit(eigenvalues.astype(np.complex128), modes, amplitudes, s, r, m, H.shape[1])
+
+
+def _unhankel(fit: DMDFit, coefficients: np.ndarray, shift: bool) -> np.ndarray:
+    # g^{-1}: block k of the last column is time L-m+k, so it needs `m-1-k` more steps to
+    # reach the last row. With shift=False every mode is treated as λ = 1 (Eq. 14).
+    blocks = fit.modes.reshape(fit.m, fit.q, fit.rank)
+    powers = np.arange(fit.m - 1, -1, -1)
+    steps = fit.eigenvalues[None, :] ** powers[:, None] if shift else np.ones((fit.m, fit.rank))
+    return np.einsum("kqr,kr,...r->...q", blocks, steps, coefficients) / fit.m
+
+
+def forecast(fit: DMDFit, n) -> np.ndarray:
+    """The DMD forecast of `h` at `n` steps after the last row of `H` (Eq. 13).
+
+    **Arguments:**
+
+    - `fit`: a `DMDFit` from `hankel_dmd`.
+    - `n`: a non-negative integer, or an array of them; `n = 0` reconstructs the last row.
+
+    **Returns:**
+
+    The real part of the forecast, `(q,)` for a scalar `n`, `(len(n), q)` for an array.
+    """
+    n = np.asarray(n)
+    coefficients = fit.amplitudes * fit.eigenvalues ** n[..., None]
+    return _unhankel(fit, coefficients, shift=True).real
+
+
+def estimate_steady_state(
+    H,
+    sigma: int = 80,
+    m: int = 10,
+    *,
+    delta: float = _DELTA,
+    rtol: float = _RTOL,
+    rank: int | None = None,
+    max_growth: float = _MAX_GROWTH,
+) -> SteadyState:
+    """The glocal hypergradient of Eq. 14 with its diagnostics.
+
+    Fits `hankel_dmd(H[-sigma:], m)`, keeps the modes with `|λ - 1| <= delta` and returns
+    `g^{-1}(Σ_kept b_j u_j)`. Falls back to the local hypergradient `H[-1]` (and says why in
+    `reason`) when no eigenvalue is within `delta` of 1, when the estimate is not finite or
+    not real, or when its norm exceeds `max_growth` times the largest row norm in the window.
+    A spectral radius above 1 is reported, not acted on: noise routinely puts spurious
+    eigenvalues just outside the unit circle.
+
+    **Arguments:**
+
+    - `H`: an `(L, q)` trajectory of local hypergradients, `h_t` as rows (Eq. 12).
+    - `sigma`: use the last `sigma` rows.
+    - `m`: the number of delays, `m < sigma`.
+    - `delta`, `rtol`, `rank`, `max_growth`: as above and in `hankel_dmd`.
+
+    **Returns:**
+
+    A `SteadyState`.
+    """
+    if not delta > 0:
+        raise ValueError(f"`delta` must be positive, got {delta}; the default is {_DELTA}.")
+    if not max_growth > 0:
+        raise ValueError(f"`max_growth` must be positive, got {max_growth}.")
+    window = _check_trajectory(H, m, sigma)
+    fit = hankel_dmd(window, m, rank=rank, rtol=rtol)
+    local = window[-1]
+    kept = np.abs(fit.eigenvalues - 1.0) <= delta
+    radius = float(np.max(np.abs(fit.eigenvalues), initial=0.0))
+
+    def result(value, reason=""):
+        return SteadyState(value, local, bool(reason), reason, radius, kept, fit)
+
+    if not np.any(kept):
+        # With every |λ| < 1 the sum of Eq. 14 is empty, i.e. zero; a steady state of exactly
+        # zero is rare for a hypergradient, so this is reported rather than trusted.
+        reason = f"no eigenvalue within delta={delta} of 1 (spectral radius {radius:.3g})"
+        return result(local, reason)
+    estimate = _unhankel(fit, np.where(kept, fit.amplitudes, 0.0), shift=False)
+    norm, largest = np.linalg.norm(estimate), np.max(np.linalg.norm(window, axis=1))
+    if not np.all(np.isfinite(estimate)):
+        return result(local, "estimate not finite")
+    # Kept modes of a real trajectory come in exact conjugate pairs (|λ - 1| is symmetric), so
+    # any imaginary part is round-off, amplified where a Jordan block splits into a near pair.
+    imaginary = np.linalg.norm(estimate.imag)
+    if imaginary > 1e-6 * max(norm, largest):
+        return result(local, f"estimate has an imaginary part of norm {imaginary:.3g}")
+    if norm > max_growth * largest:
+        return result(
+            local, f"estimate norm {norm:.3g} exceeds max_growth={max_growth} x {largest:.3g}"
+        )
+    return result(estimate.real)
+
+
+def glocal_estimate(
+    H,
+    sigma: int = 80,
+    m: int = 10,
+    *,
+    delta: float = _DELTA,
+    rtol: float = _RTOL,
+    rank: int | None = None,
+    max_growth: float = _MAX_GROWTH,
+) -> np.ndarray:
+    """The glocal hypergradient `ĥ_∞` of Eq. 14, a real `(q,)` array.
+
+    This is `estimate_steady_state(...).value`: on a fallback it is the local hypergradient
+    `H[-1]`. Call `estimate_steady_state` to know whether that happened.
+    """
+    return estimate_steady_state(
+        H, sigma, m, delta=delta, rtol=rtol, rank=rank, max_growth=max_growth
+    ).value

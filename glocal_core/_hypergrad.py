@@ -1,0 +1,283 @@
+"""Hypergradient tracking through a window of inner steps (Eq. 12, Algorithm 1).
+
+Forward mode carries Z_t = dx_t/dφ for the whole inner state x = (θ, optimizer state), so
+momentum buffers and Adam moments carry tangents too:
+
+    Z_t = ∂Θ/∂x · Z_{t−1} + ∂Θ/∂φ,        h_t = ∇_θ ℓ̃(θ_t) · Z_t^θ.
+
+One step is a `vmap` over the q hyperparameters of a `jvp` of Θ; the primal is not batched,
+so it is computed once. Cost per step ≈ (1 + q) steps, memory O(p·q) — the paper's choice.
+
+Reverse mode differentiates the σ recorded validation losses of a window with respect to φ
+(`jax.jacrev`, σ cotangents through one checkpointed scan): cost ≈ σ backward passes,
+independent of q, so it wins for many hyperparameters (the 385 of data reweighting).
+
+Both start from Z = 0 at the window start (Eq. 12: "Z_1 is zero"): φ_s acts only from there.
+
+On accelerators a window is one jitted `lax.scan`. On the CPU it is a host loop over one
+jitted step: XLA:CPU runs convolution gradients inside a while loop about ten times slower
+than at the top level of a program (measured here for LeNet; jax-ml/jax#12868), while the
+dispatch cost of a host loop is negligible next to a CPU step. Both give the same numbers.
+"""
+
+import functools
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ._problems import BilevelProblem, InnerState
+
+
+class Window(NamedTuple):
+    """What one window of inner steps returns.
+
+    **Fields:**
+
+    - `state`: the inner state after the window.
+    - `tangents`: Z after the window (forward mode), or `None`.
+    - `hypergradients`: h_t for the last σ steps, shape `(σ, q)` (`(0, q)` when untracked).
+    - `train_losses`: the minibatch loss of every step, shape `(τ,)`.
+    """
+
+    state: InnerState
+    tangents: PyTree | None
+    hypergradients: Float[Array, "sigma q"]
+    train_losses: Float[Array, " tau"]
+
+
+def zero_tangents(state: InnerState, q: int) -> PyTree:
+    """Z = 0 for every inexact leaf of the inner state, with a leading axis of size q."""
+    diff, _ = eqx.partition(state, eqx.is_inexact_array)
+    return jax.tree.map(lambda a: jnp.zeros((q, *a.shape), a.dtype), diff)
+
+
+def _tangent_step(problem: BilevelProblem, state, tangents, phi, key):
+    """One inner step and the Z recursion of Eq. (12), for all q tangents at once."""
+    diff, static = eqx.partition(state, eqx.is_inexact_array)
+
+    def step(diff, phi):
+        new, loss = problem.step(eqx.combine(diff, static), phi, key)
+        new_diff, new_static = eqx.partition(new, eqx.is_inexact_array)
+        return new_diff, (new_static, loss)
+
+    def push(z, e):
+        return jax.jvp(step, (diff, phi), (z, e), has_aux=True)
+
+    basis = jnp.eye(phi.shape[0], dtype=phi.dtype)
+    new_diff, tangents, (new_static, loss) = jax.vmap(push, out_axes=(None, 0, None))(
+        tangents, basis
+    )
+    return eqx.combine(new_diff, new_static), tangents, loss
+
+
+def _hypergradient(problem: BilevelProblem, params, tangents) -> Float[Array, " q"]:
+    """h_t = ∇_θ ℓ̃(θ_t) · Z_t^θ (one reverse pass, then q inner products)."""
+    grad = jax.grad(problem.val_loss)(params)
+    contract = jax.tree.map(
+        lambda z, g: jnp.tensordot(z, g, axes=g.ndim), tangents.params, grad
+    )
+    return sum(jax.tree_util.tree_leaves(contract))
+
+
+def host_loop() -> bool:
+    """Whether windows run as host loops over a jitted step (the CPU) or as `lax.scan`."""
+    return jax.default_backend() == "cpu"
+
+
+_step = jax.jit(_tangent_step, static_argnames="problem")
+_record = jax.jit(_hypergradient, static_argnames="problem")
+_plain_step = jax.jit(lambda problem, state, phi, key: problem.step(state, phi, key),
+                      static_argnames="problem")
+_val_loss = jax.jit(lambda problem, params: problem.val_loss(params), static_argnames="problem")
+
+
+def _check_window(num_steps: int, num_recorded: int) -> None:
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps}: a window needs at least one inner step.")
+    if not 0 <= num_recorded <= num_steps:
+        raise ValueError(
+            f"num_recorded={num_recorded}: must be in [0, num_steps={num_steps}]."
+        )
+
+
+def track_forward(
+    problem: BilevelProblem,
+    state: InnerState,
+    tangents: PyTree,
+    phi: Float[Array, " q"],
+    key: PRNGKeyArray,
+    *,
+    num_steps: int,
+    num_recorded: int,
+) -> Window:
+    """τ = `num_steps` inner steps with forward-mode tangents; h_t on the last σ = `num_recorded`.
+
+    The first τ − σ steps advance Z but skip the validation gradient: DMD never reads them.
+    Pass `zero_tangents(state, q)` to start a window as Eq. (12) does.
+    """
+    _check_window(num_steps, num_recorded)
+    if not host_loop():
+        return _track_forward_scan(problem, state, tangents, phi, key, num_steps=num_steps,
+                                   num_recorded=num_recorded)
+    losses, hs = [], []
+    for i, k in enumerate(jax.random.split(key, num_steps)):
+        state, tangents, loss = _step(problem, state, tangents, phi, k)
+        losses.append(loss)
+        if i >= num_steps - num_recorded:
+            hs.append(_record(problem, state.params, tangents))
+    hs = jnp.stack(hs) if hs else jnp.zeros((0, phi.shape[0]), phi.dtype)
+    return Window(state, tangents, hs, jnp.stack(losses))
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "num_steps", "num_recorded"))
+def _track_forward_scan(problem, state, tangents, phi, key, *, num_steps, num_recorded):
+    keys = jax.random.split(key, num_steps)
+
+    def advance(carry, k):
+        state, tangents = carry
+        state, tangents, loss = _tangent_step(problem, state, tangents, phi, k)
+        return (state, tangents), loss
+
+    def advance_and_record(carry, k):
+        (state, tangents), loss = advance(carry, k)
+        return (state, tangents), (loss, _hypergradient(problem, state.params, tangents))
+
+    skip = num_steps - num_recorded
+    carry, losses_a = jax.lax.scan(advance, (state, tangents), keys[:skip])
+    (state, tangents), (losses_b, hs) = jax.lax.scan(advance_and_record, carry, keys[skip:])
+    hs = hs.reshape(num_recorded, phi.shape[0])
+    return Window(state, tangents, hs, jnp.concatenate([losses_a, losses_b]))
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "num_steps", "num_recorded"))
+def track_reverse(
+    problem: BilevelProblem,
+    state: InnerState,
+    phi: Float[Array, " q"],
+    key: PRNGKeyArray,
+    *,
+    num_steps: int,
+    num_recorded: int,
+) -> Window:
+    """The same window and hypergradients as `track_forward` from Z = 0, by reverse mode."""
+    _check_window(num_steps, num_recorded)
+    keys = jax.random.split(key, num_steps)
+    skip = num_steps - num_recorded
+
+    def recorded_val_losses(phi):
+        @jax.checkpoint
+        def advance(state, k):
+            return problem.step(state, phi, k)
+
+        def advance_and_record(state, k):
+            state, loss = advance(state, k)
+            return state, (loss, problem.val_loss(state.params))
+
+        mid, losses_a = jax.lax.scan(advance, state, keys[:skip])
+        end, (losses_b, vals) = jax.lax.scan(advance_and_record, mid, keys[skip:])
+        return vals, (end, jnp.concatenate([losses_a, losses_b]))
+
+    hs, (end, losses) = jax.jacrev(recorded_val_losses, has_aux=True)(phi)
+    return Window(end, None, hs.reshape(num_recorded, phi.shape[0]), losses)
+
+
+def train_window(
+    problem: BilevelProblem,
+    state: InnerState,
+    phi: Float[Array, " q"],
+    key: PRNGKeyArray,
+    *,
+    num_steps: int,
+) -> Window:
+    """τ plain inner steps, no hypergradient: the `none` strategy and the cost baseline."""
+    _check_window(num_steps, 0)
+    if not host_loop():
+        return _train_scan(problem, state, phi, key, num_steps=num_steps)
+    losses = []
+    for k in jax.random.split(key, num_steps):
+        state, loss = _plain_step(problem, state, phi, k)
+        losses.append(loss)
+    return Window(state, None, jnp.zeros((0, phi.shape[0]), phi.dtype), jnp.stack(losses))
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "num_steps"))
+def _train_scan(problem, state, phi, key, *, num_steps):
+    def advance(state, k):
+        return problem.step(state, phi, k)
+
+    state, losses = jax.lax.scan(advance, state, jax.random.split(key, num_steps))
+    return Window(state, None, jnp.zeros((0, phi.shape[0]), phi.dtype), losses)
+
+
+def playout(
+    problem: BilevelProblem,
+    state: InnerState,
+    tangents: PyTree,
+    phi: Float[Array, " q"],
+    key: PRNGKeyArray,
+    num_steps: Int[Array, ""] | int,
+) -> tuple[Float[Array, " q"], Float[Array, ""]]:
+    """Continue training with φ fixed for `num_steps` more steps; return (h_T, ℓ̃(θ_T)).
+
+    The global hypergradient of Eq. (5). `num_steps` is a traced loop bound, so playouts of
+    every length share one compilation. The caller's state is not changed.
+    """
+    if not host_loop():
+        return _playout_loop(problem, state, tangents, phi, key, num_steps)
+    for i in range(int(num_steps)):
+        state, tangents, _ = _step(problem, state, tangents, phi, jax.random.fold_in(key, i))
+    return _record(problem, state.params, tangents), _val_loss(problem, state.params)
+
+
+@functools.partial(jax.jit, static_argnames=("problem",))
+def _playout_loop(problem, state, tangents, phi, key, num_steps):
+    def body(i, carry):
+        state, tangents = carry
+        state, tangents, _ = _tangent_step(
+            problem, state, tangents, phi, jax.random.fold_in(key, i)
+        )
+        return state, tangents
+
+    state, tangents = jax.lax.fori_loop(0, num_steps, body, (state, tangents))
+    return _hypergradient(problem, state.params, tangents), problem.val_loss(state.params)
+
+
+def warm_up(
+    problem: BilevelProblem,
+    state: InnerState,
+    phi: Float[Array, " q"],
+    key: PRNGKeyArray,
+    *,
+    num_steps: int,
+    num_recorded: int,
+    mode: str | None,
+    playouts: bool = False,
+) -> None:
+    """Compile what a window (and a playout) will run, so that timings exclude compilation.
+
+    `mode` is `"forward"`, `"reverse"` or `None` (untracked). Scans are compiled ahead of
+    time; on the host-loop path one step of each jitted function runs and is discarded.
+    """
+    tangents = zero_tangents(state, phi.shape[0])
+    if mode == "reverse":
+        track_reverse.lower(problem, state, phi, key, num_steps=num_steps,
+                            num_recorded=num_recorded).compile()
+    elif not host_loop():
+        if mode is None:
+            _train_scan.lower(problem, state, phi, key, num_steps=num_steps).compile()
+        else:
+            _track_forward_scan.lower(problem, state, tangents, phi, key, num_steps=num_steps,
+                                      num_recorded=num_recorded).compile()
+        if playouts:
+            _playout_loop.lower(problem, state, tangents, phi, key, jnp.int32(0)).compile()
+    elif mode is None:
+        jax.block_until_ready(train_window(problem, state, phi, key, num_steps=1))
+    else:
+        jax.block_until_ready(track_forward(problem, state, tangents, phi, key, num_steps=1,
+                                            num_recorded=min(num_recorded, 1)))
+        if playouts:
+            jax.block_until_ready(playout(problem, state, tangents, phi, key, 0))
+    jax.block_until_ready(_val_loss(problem, state.params))

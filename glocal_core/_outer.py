@@ -1,0 +1,300 @@
+"""The outer loop: one loop, four strategies (`none`, `local`, `global`, `glocal`).
+
+Training runs in S = T/τ windows of τ inner steps with φ_s fixed. After window s:
+
+- `none`:   φ is never updated (plain training, the cost baseline);
+- `local`:  φ ← Adam step with h_{(s+1)τ}, the hypergradient at the window's end (Eq. 6);
+- `global`: φ ← Adam step with h_T, from a playout of φ_s to step T (Eq. 5; ≈ S·T/2 extra steps);
+- `glocal`: φ ← Adam step with ĥ∞, the λ ≈ 1 part of a Hankel DMD of the window's last σ
+  hypergradients (Eq. 11–14); where the DMD has no steady state, the local one, recorded.
+
+The loop keeps everything a reader wants to plot afterwards in an `OuterResult`, stops cleanly
+when training diverges (the global baseline often does, as the paper reports) and is
+deterministic for a given key.
+"""
+
+import dataclasses
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import PRNGKeyArray
+from tqdm.auto import tqdm
+
+from ._dmd import estimate_steady_state
+from ._hypergrad import (
+    playout,
+    track_forward,
+    track_reverse,
+    train_window,
+    warm_up,
+    zero_tangents,
+)
+from ._problems import BilevelProblem
+
+STRATEGIES = ("none", "local", "global", "glocal")
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterConfig:
+    """How to run the outer loop. Defaults are the paper's (Sec. 4 "Setup").
+
+    **Fields:**
+
+    - `strategy`: one of `none`, `local`, `global`, `glocal`.
+    - `total_steps`: T, inner steps in all.
+    - `tau`: τ, inner steps per outer step (window).
+    - `sigma`: σ, hypergradients of each window given to the DMD (the last σ).
+    - `m`: delays of the Hankel DMD.
+    - `outer_lr`: learning rate of the outer Adam on raw φ.
+    - `eval_every`: evaluate the test metric every this many windows (and after the last).
+    - `mode`: `forward` (Z tracking, Eq. 12) or `reverse` (for many hyperparameters).
+    - `reset_tangents`: start every window from Z = 0 (Eq. 12). With `False`, forward-mode Z
+      carries over windows, as if φ had always had its current value.
+    - `delta`, `rtol`: the DMD's |λ − 1| tolerance and relative rank cut-off (`None`: defaults
+      of `estimate_steady_state`).
+    """
+
+    strategy: str = "glocal"
+    total_steps: int = 10_000
+    tau: int = 100
+    sigma: int = 80
+    m: int = 10
+    outer_lr: float = 0.1
+    eval_every: int = 10
+    mode: str = "forward"
+    reset_tangents: bool = True
+    delta: float | None = None
+    rtol: float | None = None
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}.")
+        if self.tau < 1 or self.total_steps < self.tau:
+            raise ValueError(
+                f"tau={self.tau}, total_steps={self.total_steps}: need 1 <= tau <= total_steps."
+            )
+        if self.total_steps % self.tau:
+            raise ValueError(
+                f"total_steps={self.total_steps} is not a multiple of tau={self.tau}: "
+                f"use e.g. total_steps={self.total_steps - self.total_steps % self.tau}."
+            )
+        if self.strategy == "glocal" and not 1 <= self.m < self.sigma <= self.tau:
+            raise ValueError(
+                f"sigma={self.sigma}, m={self.m}, tau={self.tau}: glocal needs "
+                "1 <= m < sigma <= tau (sigma of the tau hypergradients, m delays, and at "
+                "least two Hankel columns)."
+            )
+        if self.mode not in ("forward", "reverse"):
+            raise ValueError(f"mode={self.mode!r}: choose 'forward' or 'reverse'.")
+        if self.mode == "reverse" and self.strategy == "global":
+            raise ValueError("mode='reverse' with strategy='global': playouts are forward mode.")
+        if self.mode == "reverse" and not self.reset_tangents:
+            raise ValueError("reset_tangents=False needs mode='forward' (reverse mode has no Z).")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every={self.eval_every}: must be >= 1.")
+
+    @property
+    def num_windows(self) -> int:
+        return self.total_steps // self.tau
+
+    @property
+    def num_recorded(self) -> int:
+        """Hypergradients per window the strategy reads: σ for glocal, the last one otherwise."""
+        return {"none": 0, "glocal": self.sigma}.get(self.strategy, 1)
+
+
+class OuterResult(NamedTuple):
+    """The history of one run, one row per finished window s (step (s+1)·τ).
+
+    **Fields:**
+
+    - `config`: the `OuterConfig`; `names`: hyperparameter names.
+    - `step`: inner steps done after each window, `(S,)`.
+    - `phi`, `hyperparameters`: raw φ_s and bounded values used in window s, `(S, q)`.
+    - `hypergradient`: what updated φ after window s, `(S, q)` (zeros for `none`).
+    - `local_hypergradient`: h at the window's end, `(S, q)` (NaN for `none`).
+    - `train_loss`: mean minibatch loss over the window; `val_loss`: ℓ̃ at its end, `(S,)`.
+    - `eval_step`, `test_accuracy`: the test metric every `eval_every` windows.
+    - `spectral_radius`, `num_kept`, `fallback`, `fallback_reason`: DMD diagnostics (glocal).
+    - `seconds_window`, `seconds_playout`, `seconds_dmd`: wall time per window, `(S,)`;
+      the window time includes forward-mode tracking, which is fused with training.
+    - `seconds_compile`: compilation, excluded from the per-window times.
+    - `stopped`: `""` if all S windows ran, else why the run stopped early.
+    """
+
+    config: OuterConfig
+    names: tuple[str, ...]
+    step: np.ndarray
+    phi: np.ndarray
+    hyperparameters: np.ndarray
+    hypergradient: np.ndarray
+    local_hypergradient: np.ndarray
+    train_loss: np.ndarray
+    val_loss: np.ndarray
+    eval_step: np.ndarray
+    test_accuracy: np.ndarray
+    spectral_radius: np.ndarray
+    num_kept: np.ndarray
+    fallback: np.ndarray
+    fallback_reason: tuple[str, ...]
+    seconds_window: np.ndarray
+    seconds_playout: np.ndarray
+    seconds_dmd: np.ndarray
+    seconds_compile: float
+    stopped: str
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+class _Record(NamedTuple):
+    """One window's row of the history (see `OuterResult`)."""
+
+    step: int
+    phi: np.ndarray
+    hyperparameters: np.ndarray
+    hypergradient: np.ndarray
+    local_hypergradient: np.ndarray
+    train_loss: float
+    val_loss: float
+    spectral_radius: float
+    num_kept: int
+    fallback: bool
+    fallback_reason: str
+    seconds_window: float
+    seconds_playout: float
+    seconds_dmd: float
+
+
+def _stack(records: list[_Record], q: int) -> dict:
+    if not records:
+        vector = {"phi", "hyperparameters", "hypergradient", "local_hypergradient"}
+        return {f: (np.zeros((0, q)) if f in vector else
+                    () if f == "fallback_reason" else np.zeros(0)) for f in _Record._fields}
+    columns = dict(zip(_Record._fields, zip(*records)))
+    return {f: tuple(v) if f == "fallback_reason" else np.array(v) for f, v in columns.items()}
+
+
+def run_outer(
+    problem: BilevelProblem,
+    config: OuterConfig,
+    *,
+    key: PRNGKeyArray,
+    progress: bool = True,
+    desc: str | None = None,
+) -> OuterResult:
+    """Optimise φ of `problem` with `config.strategy`; return the whole history.
+
+    **Arguments:**
+
+    - `problem`: the bilevel problem.
+    - `config`: strategy, T, τ, σ, m and the rest.
+    - `key`: the only source of randomness (initial state, minibatches, playouts).
+    - `progress`: show a tqdm bar over windows (`leave=False`, for nesting).
+    - `desc`: the bar's label.
+
+    **Returns:** an `OuterResult`.
+    """
+    init_key, data_key, playout_key = jax.random.split(key, 3)
+    state = problem.init(init_key)
+    phi = jnp.asarray(problem.phi0)
+    q = phi.shape[0]
+    outer = optax.adam(config.outer_lr)
+    outer_state = outer.init(phi)
+    fresh = zero_tangents(state, q) if config.mode == "forward" else None
+    tangents = fresh
+    evaluate = jax.jit(problem.evaluate)
+    val_loss_fn = jax.jit(problem.val_loss)
+    dmd_kwargs = {k: v for k, v in (("delta", config.delta), ("rtol", config.rtol))
+                  if v is not None}
+
+    tau, recorded = config.tau, config.num_recorded
+    if config.strategy == "none":
+        def window_fn(state, tangents, phi, key):
+            return train_window(problem, state, phi, key, num_steps=tau)
+    elif config.mode == "reverse":
+        def window_fn(state, tangents, phi, key):
+            return track_reverse(problem, state, phi, key, num_steps=tau, num_recorded=recorded)
+    else:
+        def window_fn(state, tangents, phi, key):
+            return track_forward(problem, state, tangents, phi, key, num_steps=tau,
+                                 num_recorded=recorded)
+
+    start = time.perf_counter()
+    warm_up(problem, state, phi, data_key, num_steps=tau, num_recorded=recorded,
+            mode=None if config.strategy == "none" else config.mode,
+            playouts=config.strategy == "global")
+    jax.block_until_ready((evaluate(state.params), val_loss_fn(state.params)))
+    seconds_compile = time.perf_counter() - start
+
+    records: list[_Record] = []
+    evals: list[tuple[int, float]] = []
+    stopped = ""
+    bar = tqdm(range(config.num_windows), desc=desc or config.strategy, leave=False,
+               disable=not progress)
+    for s in bar:
+        if config.reset_tangents:
+            tangents = fresh
+        window, seconds_window = _timed(
+            window_fn, state, tangents, phi, jax.random.fold_in(data_key, s)
+        )
+        step = (s + 1) * config.tau
+        hs = np.asarray(window.hypergradients, np.float64)
+        local = hs[-1] if len(hs) else np.full(q, np.nan)
+        train_loss = float(np.mean(window.train_losses))
+        if not np.isfinite(train_loss):
+            stopped = f"training diverged in window {s} (non-finite training loss)"
+            break
+        if not np.all(np.isfinite(hs)):
+            stopped = f"hypergradient diverged in window {s} (non-finite h_t)"
+            break
+
+        update, seconds_playout, seconds_dmd = np.zeros(q), 0.0, 0.0
+        dmd = (np.nan, 0, False, "")
+        if config.strategy == "local":
+            update = local
+        elif config.strategy == "global":
+            (h_T, _), seconds_playout = _timed(
+                playout, problem, window.state, window.tangents, phi,
+                jax.random.fold_in(playout_key, s), jnp.int32(config.total_steps - step),
+            )
+            update = np.asarray(h_T, np.float64)
+            if not np.all(np.isfinite(update)):
+                stopped = f"global hypergradient diverged in window {s} (playout to T)"
+                break
+        elif config.strategy == "glocal":
+            start = time.perf_counter()
+            estimate = estimate_steady_state(hs, sigma=config.sigma, m=config.m, **dmd_kwargs)
+            seconds_dmd = time.perf_counter() - start
+            update = estimate.value
+            dmd = (estimate.spectral_radius, int(np.sum(estimate.kept)), estimate.fallback,
+                   estimate.reason)
+
+        state, tangents = window.state, window.tangents
+        val_loss = float(val_loss_fn(state.params))
+        records.append(_Record(
+            step, np.asarray(phi), np.asarray(problem.space.bounded(phi)), update, local,
+            train_loss, val_loss, *dmd, seconds_window, seconds_playout, seconds_dmd,
+        ))
+        if (s + 1) % config.eval_every == 0 or s + 1 == config.num_windows:
+            metrics = jax.device_get(evaluate(state.params))
+            evals.append((step, float(metrics.get("test_accuracy", np.nan))))
+        bar.set_postfix(val_loss=f"{val_loss:.3g}")
+
+        if config.strategy != "none":
+            updates, outer_state = outer.update(jnp.asarray(update, phi.dtype), outer_state, phi)
+            phi = optax.apply_updates(phi, updates)
+
+    eval_step, test_accuracy = (np.array([e[i] for e in evals]) for i in (0, 1))
+    return OuterResult(
+        config=config, names=problem.space.names, eval_step=eval_step,
+        test_accuracy=test_accuracy, seconds_compile=seconds_compile, stopped=stopped,
+        **_stack(records, q),
+    )

@@ -1,0 +1,134 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import glocal_core as gc
+
+
+def _targets():
+    a = jnp.array([2.0, 1.0])
+    return a, a / 1.5  # the long-run optimum weight decay is λ* = ⟨a, b⟩/‖b‖² − 1 = 0.5
+
+
+def _weight_decay_problem(wd0, *, at_equilibrium=True, lr=0.1, momentum=0.5):
+    """Gradient descent on ½‖θ − a‖² with learned weight decay; ℓ̃ = ½‖θ − b‖²."""
+    a, b = _targets()
+    optimizer = gc.sgd(lr, momentum, wd0, learn=("weight_decay",))
+    theta0 = a / (1 + wd0) if at_equilibrium else None
+    return gc.quadratic_problem(a, b, optimizer, params0=theta0)
+
+
+@pytest.mark.parametrize("strategy", ["local", "global", "glocal"])
+@pytest.mark.parametrize("wd0", [0.1, 0.9])
+def test_every_strategy_moves_weight_decay_towards_closed_form_optimum(strategy, wd0):
+    problem = _weight_decay_problem(wd0)
+    config = gc.OuterConfig(strategy, total_steps=800, tau=40, sigma=30, m=4)
+    result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
+    assert result.stopped == ""
+    wd = result.hyperparameters[:, 0]
+    assert abs(wd[-1] - 0.5) < 0.5 * abs(wd[0] - 0.5)
+    assert np.all(np.sign(result.hypergradient[:3, 0]) == np.sign(wd0 - 0.5))
+
+
+def test_none_keeps_phi_and_trains():
+    problem = _weight_decay_problem(0.9, at_equilibrium=False)
+    config = gc.OuterConfig("none", total_steps=200, tau=20)
+    result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
+    assert np.all(result.phi == result.phi[0])
+    assert result.train_loss[-1] < result.train_loss[0]
+    assert np.all(np.isnan(result.local_hypergradient))
+
+
+def test_glocal_with_window_as_long_as_training_matches_global():
+    problem = _weight_decay_problem(0.2, at_equilibrium=False)
+    runs = {
+        s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=300, tau=300, sigma=200, m=5),
+                        key=jax.random.key(1), progress=False)
+        for s in ("global", "glocal")
+    }
+    np.testing.assert_allclose(
+        runs["glocal"].hypergradient, runs["global"].hypergradient, rtol=1e-3
+    )
+    assert not runs["glocal"].fallback[0]
+
+
+def test_glocal_predicts_global_better_than_local():
+    """From θ_0 = 0 the local hypergradient after τ steps has the wrong sign (short-horizon
+    bias: shrinking θ hurts while θ_t < b, helps later); the DMD steady state sees where h_t
+    goes. θ_t passes b after ~50 steps at this learning rate.
+
+    float64: h_t mixes modes 1, ρ, tρ^t, ρ², tρ^{2t} with ρ ≈ 0.96; over 40 steps their
+    Hankel matrix is so ill-conditioned that float32 round-off hides the λ = 1 mode.
+    """
+    with jax.enable_x64(True):
+        problem = _weight_decay_problem(0.3, at_equilibrium=False, lr=0.03, momentum=0.0)
+        runs = {
+            s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=1000, tau=50, sigma=40, m=6),
+                            key=jax.random.key(2), progress=False)
+            for s in ("local", "global", "glocal")
+        }
+    h_global = runs["global"].hypergradient[0]
+    err_glocal = np.linalg.norm(runs["glocal"].hypergradient[0] - h_global)
+    err_local = np.linalg.norm(runs["local"].hypergradient[0] - h_global)
+    assert err_glocal < 0.1 * err_local
+    assert np.sign(runs["local"].hypergradient[0, 0]) != np.sign(h_global[0])
+    np.testing.assert_allclose(runs["glocal"].local_hypergradient[0],
+                               runs["local"].hypergradient[0], rtol=1e-5)
+
+
+def test_same_key_same_history():
+    problem = gc.quadratic_problem(*_targets(), gc.sgd(0.1, 0.5, 0.3), noise=0.1)
+    config = gc.OuterConfig("glocal", total_steps=200, tau=40, sigma=30, m=4)
+    first, second = (gc.run_outer(problem, config, key=jax.random.key(3), progress=False)
+                     for _ in range(2))
+    for name in ("phi", "hypergradient", "train_loss", "val_loss", "test_accuracy"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    third = gc.run_outer(problem, config, key=jax.random.key(4), progress=False)
+    assert not np.array_equal(first.train_loss, third.train_loss)
+
+
+def test_divergence_stops_cleanly_with_reason():
+    space = gc.HyperSpace(("scale",), (0.0,), (1.0,))
+
+    def step(state, phi, key):
+        theta = state.params * (10.0 + space.bounded(phi)[0])
+        return gc.InnerState(theta, state.opt_state), jnp.sum(theta**2)
+
+    problem = gc.BilevelProblem(
+        space=space, phi0=jnp.zeros(1), init=lambda key: gc.InnerState(jnp.ones(2), ()),
+        step=step, val_loss=lambda theta: jnp.sum(theta), evaluate=lambda theta: {},
+    )
+    config = gc.OuterConfig("local", total_steps=200, tau=10)
+    result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
+    assert "diverged" in result.stopped
+    assert 0 < len(result.step) < config.num_windows
+    assert np.all(np.isfinite(result.train_loss))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(strategy="best"), "strategy"),
+        (dict(tau=0), "tau"),
+        (dict(total_steps=250, tau=100), "multiple of tau"),
+        (dict(sigma=120), "sigma"),
+        (dict(m=80), "m"),
+        (dict(m=0), "m"),
+        (dict(mode="sideways"), "mode"),
+        (dict(strategy="global", mode="reverse"), "reverse"),
+    ],
+)
+def test_bad_config_is_explained(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gc.OuterConfig(**kwargs)
+
+
+def test_reverse_mode_runs_the_same_history_as_forward():
+    problem = _weight_decay_problem(0.8, at_equilibrium=False)
+    runs = [gc.run_outer(problem, gc.OuterConfig("glocal", total_steps=120, tau=40, sigma=30,
+                                                 m=4, mode=mode),
+                         key=jax.random.key(5), progress=False)
+            for mode in ("forward", "reverse")]
+    np.testing.assert_allclose(runs[0].hypergradient, runs[1].hypergradient, rtol=1e-4)
+    np.testing.assert_allclose(runs[0].phi, runs[1].phi, rtol=1e-5)
