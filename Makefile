@@ -2,7 +2,8 @@
 # Both bootstrap .venv themselves; it is reinstalled only when pyproject.toml changes.
 
 PYTHON ?= python3
-VENV := .venv
+# Inside the conda environment of environment.yml, use it instead: make book VENV=$$CONDA_PREFIX
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= book,test,data
@@ -16,7 +17,7 @@ else
 BOOK_OUT := _build/profiles/$(GLOCAL_PROFILE)
 endif
 
-.PHONY: install book test unit notebooks book-strict lab bench reproduce data clean
+.PHONY: install book test unit notebooks book-strict lab bench data clean
 
 install: $(STAMP)
 
@@ -35,7 +36,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
 
 notebooks: $(STAMP)
-	GLOCAL_PROFILE=smoke $(BIN)/python -m pytest --nbmake notebooks -p no:randomly
+	GLOCAL_PROFILE=smoke $(BIN)/python -m pytest --nbmake --nbmake-timeout=1200 notebooks
 
 book-strict: $(STAMP)
 	GLOCAL_PROFILE=smoke $(BIN)/jupyter-book build . -n -W --keep-going
@@ -46,11 +47,8 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m glocal_core bench
 
-reproduce: $(STAMP)
-	$(BIN)/python -m glocal_core reproduce $(NAME) --profile $(GLOCAL_PROFILE)
-
 data: $(STAMP)
-	$(BIN)/python -m glocal_core data prepare $(NAME)
+	$(BIN)/python -m glocal_core data prepare $(NAME) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 clean:
 	rm -rf _build .pytest_cache
