@@ -132,3 +132,28 @@ def test_reverse_mode_runs_the_same_history_as_forward():
             for mode in ("forward", "reverse")]
     np.testing.assert_allclose(runs[0].hypergradient, runs[1].hypergradient, rtol=1e-4)
     np.testing.assert_allclose(runs[0].phi, runs[1].phi, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_tangent_reset_flag_matches_its_ground_truth(reset):
+    """Two windows with φ held fixed (outer_lr = 0). With the reset of Eq. (12) the local
+    hypergradient differentiates only through the second window; without it, through both."""
+    with jax.enable_x64(True):
+        problem = _weight_decay_problem(0.3, at_equilibrium=False, lr=0.05, momentum=0.5)
+        tau = 15
+        config = gc.OuterConfig("local", total_steps=2 * tau, tau=tau, outer_lr=0.0,
+                                reset_tangents=reset)
+        result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
+
+        def val_after_two_windows(phi_first, phi_second):
+            state = problem.init(None)
+            for phi in (phi_first, phi_second):
+                for _ in range(tau):
+                    state, _ = problem.step(state, phi, jax.random.key(0))  # noise-free
+            return problem.val_loss(state.params)
+
+        phi = problem.phi0
+        argnums = 1 if reset else (0, 1)
+        expected = jax.grad(val_after_two_windows, argnums=argnums)(phi, phi)
+        expected = expected if reset else expected[0] + expected[1]
+        np.testing.assert_allclose(result.local_hypergradient[1], expected, rtol=1e-8)
