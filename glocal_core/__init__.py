@@ -43,3 +43,4 @@ from ._problems import BilevelProblem as BilevelProblem
 from ._problems import InnerState as InnerState
 from ._problems import classification_problem as classification_problem
 from ._problems import quadratic_problem as quadratic_problem
+from ._problems import reweighting_problem as reweighting_problem

@@ -25,12 +25,13 @@ class HyperSpace(NamedTuple):
     **Fields:**
 
     - `names`: one name per entry of φ.
-    - `lower`, `upper`: the open interval each bounded value lives in.
+    - `lower`, `upper`: the open interval each bounded value lives in; `None` for both
+      means φ is used as it is (e.g. the weights of a meta network).
     """
 
     names: tuple[str, ...]
-    lower: tuple[float, ...]
-    upper: tuple[float, ...]
+    lower: tuple[float, ...] | None
+    upper: tuple[float, ...] | None
 
     @property
     def size(self) -> int:
@@ -38,6 +39,8 @@ class HyperSpace(NamedTuple):
 
     def bounded(self, phi: Float[Array, " q"]) -> Float[Array, " q"]:
         """Map raw φ to the hyperparameter values the inner optimizer uses."""
+        if self.lower is None:
+            return phi
         lower = jnp.asarray(self.lower, phi.dtype)
         upper = jnp.asarray(self.upper, phi.dtype)
         return lower + (upper - lower) * jax.nn.sigmoid(phi)
@@ -45,6 +48,8 @@ class HyperSpace(NamedTuple):
     def raw(self, values) -> Float[Array, " q"]:
         """Inverse of `bounded`: the φ that yields `values` (each strictly inside its bounds)."""
         values = jnp.asarray(values, dtype=float)
+        if self.lower is None:
+            return values
         lower = jnp.asarray(self.lower, values.dtype)
         upper = jnp.asarray(self.upper, values.dtype)
         if not bool(jnp.all((values > lower) & (values < upper))):

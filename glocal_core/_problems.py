@@ -14,6 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._data import sample_batch
@@ -109,6 +110,52 @@ def _cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+class _Classifier(NamedTuple):
+    """What every classification problem shares: θ_0, the loss on a minibatch, ℓ̃, metrics."""
+
+    params0: PyTree
+    batch_losses: Callable  # (params, key) -> per-example cross-entropy of a minibatch
+    val_loss: Callable
+    evaluate: Callable
+
+
+def _classifier(model, train, val, test, batch_size: int, eval_chunk: int) -> _Classifier:
+    params0, static = eqx.partition(model, eqx.is_inexact_array)
+    x_train, y_train = train
+    x_val, y_val = val
+    x_test, y_test = test
+    if batch_size < 1 or batch_size > len(y_train):
+        raise ValueError(
+            f"batch_size={batch_size}: must be in [1, {len(y_train)}] (the training set size)."
+        )
+
+    def logits(params, x):
+        return jax.vmap(eqx.combine(params, static))(x)
+
+    def batch_losses(params, key):
+        x, y = sample_batch(x_train, y_train, key, batch_size)
+        return _cross_entropy(logits(params, x), y)
+
+    def val_loss(params):
+        return jnp.mean(_cross_entropy(logits(params, x_val), y_val))
+
+    def evaluate(params):
+        n = len(y_test) - len(y_test) % eval_chunk if len(y_test) > eval_chunk else len(y_test)
+        chunk = min(eval_chunk, n)
+
+        def correct(xy):
+            x, y = xy
+            return jnp.sum(jnp.argmax(logits(params, x), -1) == y)
+
+        hits = jax.lax.map(correct, (x_test[:n].reshape(-1, chunk, *x_test.shape[1:]),
+                                     y_test[:n].reshape(-1, chunk)))
+        rest = x_test[n:], y_test[n:]
+        total = jnp.sum(hits) + (correct(rest) if len(rest[1]) else 0)
+        return {"test_accuracy": total / len(y_test), "val_loss": val_loss(params)}
+
+    return _Classifier(params0, batch_losses, val_loss, evaluate)
+
+
 def classification_problem(
     model: eqx.Module,
     train: tuple[Float[Array, "n ..."], Int[Array, " n"]],
@@ -132,44 +179,69 @@ def classification_problem(
     - `batch_size`: training minibatch size (the paper: 128).
     - `eval_chunk`: test examples per forward pass when evaluating.
     """
-    params0, static = eqx.partition(model, eqx.is_inexact_array)
-    x_train, y_train = train
-    x_val, y_val = val
-    x_test, y_test = test
-    if batch_size < 1 or batch_size > len(y_train):
-        raise ValueError(
-            f"batch_size={batch_size}: must be in [1, {len(y_train)}] (the training set size)."
-        )
-
-    def logits(params, x):
-        return jax.vmap(eqx.combine(params, static))(x)
-
-    def train_loss(params, key):
-        x, y = sample_batch(x_train, y_train, key, batch_size)
-        return jnp.mean(_cross_entropy(logits(params, x), y))
-
-    def val_loss(params):
-        return jnp.mean(_cross_entropy(logits(params, x_val), y_val))
-
-    def evaluate(params):
-        n = len(y_test) - len(y_test) % eval_chunk if len(y_test) > eval_chunk else len(y_test)
-        chunk = min(eval_chunk, n)
-
-        def correct(xy):
-            x, y = xy
-            return jnp.sum(jnp.argmax(logits(params, x), -1) == y)
-
-        hits = jax.lax.map(correct, (x_test[:n].reshape(-1, chunk, *x_test.shape[1:]),
-                                     y_test[:n].reshape(-1, chunk)))
-        rest = x_test[n:], y_test[n:]
-        total = jnp.sum(hits) + (correct(rest) if len(rest[1]) else 0)
-        return {"test_accuracy": total / len(y_test), "val_loss": val_loss(params)}
-
+    c = _classifier(model, train, val, test, batch_size, eval_chunk)
     return BilevelProblem(
         space=optimizer.space,
         phi0=optimizer.phi0,
-        init=lambda key: InnerState(params0, optimizer.init(params0)),
-        step=_optimizer_step(train_loss, optimizer),
-        val_loss=val_loss,
-        evaluate=evaluate,
+        init=lambda key: InnerState(c.params0, optimizer.init(c.params0)),
+        step=_optimizer_step(lambda params, key: jnp.mean(c.batch_losses(params, key)),
+                             optimizer),
+        val_loss=c.val_loss,
+        evaluate=c.evaluate,
+    )
+
+
+def reweighting_problem(
+    model: eqx.Module,
+    meta: eqx.Module,
+    train: tuple[Float[Array, "n ..."], Int[Array, " n"]],
+    val: tuple[Float[Array, "nv ..."], Int[Array, " nv"]],
+    test: tuple[Float[Array, "nt ..."], Int[Array, " nt"]],
+    *,
+    learning_rate: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    batch_size: int = 128,
+    eval_chunk: int = 1000,
+) -> BilevelProblem:
+    """Data reweighting (Sec. 4.2): φ are the parameters of a meta network μ_φ.
+
+    The inner loss is the minibatch mean of L(x, y; θ) · μ_φ(L(x, y; θ)) with L the
+    cross-entropy; the weight is computed from the loss *value* (no gradient through μ's
+    input), as in Meta-Weight-Net. The inner optimizer is SGD with fixed hyperparameters
+    (Appendix B.2: lr 0.01, momentum 0.9, weight decay 0). ℓ̃ is the unweighted
+    cross-entropy on the (balanced) validation set.
+
+    **Arguments:**
+
+    - `model`: per-example classifier; its inexact arrays are θ.
+    - `meta`: the meta network (e.g. `MetaMLP`, q = 385); its inexact arrays, flattened, are
+      φ, unbounded, with its current values as φ_0.
+    - `train`, `val`, `test`: `(images, labels)` arrays on the device.
+    - `learning_rate`, `momentum`, `weight_decay`, `batch_size`: the inner SGD.
+    - `eval_chunk`: test examples per forward pass when evaluating.
+    """
+    c = _classifier(model, train, val, test, batch_size, eval_chunk)
+    meta_params, meta_static = eqx.partition(meta, eqx.is_inexact_array)
+    phi0, unravel = ravel_pytree(meta_params)
+    optimizer = optax.chain(optax.add_decayed_weights(weight_decay),
+                            optax.sgd(learning_rate, momentum=momentum))
+
+    def weighted_loss(params, phi, key):
+        losses = c.batch_losses(params, key)
+        weights = eqx.combine(unravel(phi), meta_static)(jax.lax.stop_gradient(losses))
+        return jnp.mean(losses * weights)
+
+    def step(state: InnerState, phi, key):
+        loss, grads = jax.value_and_grad(weighted_loss)(state.params, phi, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return InnerState(optax.apply_updates(state.params, updates), opt_state), loss
+
+    return BilevelProblem(
+        space=HyperSpace(tuple(f"meta_{i}" for i in range(phi0.size)), None, None),
+        phi0=phi0,
+        init=lambda key: InnerState(c.params0, optimizer.init(c.params0)),
+        step=step,
+        val_loss=c.val_loss,
+        evaluate=c.evaluate,
     )
