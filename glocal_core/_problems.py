@@ -72,9 +72,10 @@ def quadratic_problem(
 ) -> BilevelProblem:
     """ℓ(θ) = ½‖θ − a‖² (+ gradient noise), ℓ̃(θ) = ½‖θ − b‖²: best φ known in closed form.
 
-    With weight decay λ learned, plain gradient descent converges to θ∞ = a / (1 + λ), so the
-    validation loss after long training is smallest at λ* = ⟨a, b⟩/‖b‖² − 1. The test metric
-    is the distance to that long-run optimum's validation loss.
+    With weight decay λ learned, gradient descent converges to θ∞ = a / (1 + λ), so the
+    validation loss after long training is smallest where 1/(1 + λ) = ⟨a, b⟩/‖a‖², i.e. at
+    λ* = ‖a‖²/⟨a, b⟩ − 1 (which must lie in the bounds of the learned λ, (0, 1)). The test
+    metric is the validation loss itself.
 
     **Arguments:**
 

@@ -8,7 +8,7 @@ import glocal_core as gc
 
 def _targets():
     a = jnp.array([2.0, 1.0])
-    return a, a / 1.5  # the long-run optimum weight decay is λ* = ⟨a, b⟩/‖b‖² − 1 = 0.5
+    return a, a / 1.5  # the long-run optimum weight decay is λ* = ‖a‖²/⟨a, b⟩ − 1 = 0.5
 
 
 def _weight_decay_problem(wd0, *, at_equilibrium=True, lr=0.1, momentum=0.5):
