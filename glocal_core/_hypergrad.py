@@ -18,6 +18,7 @@ On accelerators a window is one jitted `lax.scan`. On the CPU it is a host loop 
 jitted step: XLA:CPU runs convolution gradients inside a while loop about ten times slower
 than at the top level of a program (measured here for LeNet; jax-ml/jax#12868), while the
 dispatch cost of a host loop is negligible next to a CPU step. Both give the same numbers.
+Reverse mode differentiates through its window, so it is always a (checkpointed) scan.
 """
 
 import functools
