@@ -281,4 +281,3 @@ def warm_up(
                                             num_recorded=min(num_recorded, 1)))
         if playouts:
             jax.block_until_ready(playout(problem, state, tangents, phi, key, 0))
-    jax.block_until_ready(_val_loss(problem, state.params))

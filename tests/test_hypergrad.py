@@ -193,7 +193,7 @@ def test_scan_and_host_loop_give_the_same_window(monkeypatch):
             gc.train_window(problem, state, phi, key, num_steps=6),
             gc.playout(problem, state, zero, phi, key, 5),
         )
-    for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False])):
+    for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 
 
