@@ -14,7 +14,6 @@ for them in the `smoke` profile.
 
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +24,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
+
+from ._io import write_atomic
 
 
 class Dataset(NamedTuple):
@@ -115,18 +116,6 @@ def prepare_tfds(name: str, *, data_dir: str | os.PathLike | None = None) -> Pat
     return data_dir
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    # A crash mid-write must never leave a truncated file that later loads as valid.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _import_tfds():
     # Only decoding needs tfds; cached `.npy` arrays load without it.
     try:
@@ -170,8 +159,8 @@ def _load_tfds_split(
         return np.load(image_path), np.load(label_path)
     images, labels = _read_tfds_split(name, split, data_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _save_atomic(image_path, images)
-    _save_atomic(label_path, labels)
+    write_atomic(image_path, lambda f: np.save(f, images))
+    write_atomic(label_path, lambda f: np.save(f, labels))
     return images, labels
 
 

@@ -8,13 +8,24 @@ Training runs in S = T/τ windows of τ inner steps with φ_s fixed. After windo
 - `glocal`: φ ← Adam step with ĥ∞, the λ ≈ 1 part of a Hankel DMD of the window's last σ
   hypergradients (Eq. 11–14); where the DMD has no steady state, the local one, recorded.
 
+The `global` run also fits the DMD to its window (at the price of σ − 1 more validation
+gradients per window), so that one run holds, per outer step, the local hypergradient, the
+glocal estimate and the true global hypergradient they both try to predict.
+
+A long run can checkpoint every few windows (and when interrupted) and resume from the
+checkpoint to exactly the result an uninterrupted run gives: every random draw is a function
+of the key and the window index, never of how the run got there.
+
 The loop keeps everything a reader wants to plot afterwards in an `OuterResult`, stops cleanly
 when training diverges (the global baseline often does, as the paper reports) and is
 deterministic for a given key.
 """
 
 import dataclasses
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -25,6 +36,7 @@ from jaxtyping import PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ._dmd import estimate_steady_state
+from ._io import load_pickle, save_pickle
 from ._hypergrad import (
     playout,
     track_forward,
@@ -56,6 +68,8 @@ class OuterConfig:
       carries over windows, as if φ had always had its current value.
     - `delta`, `rtol`: the DMD's |λ − 1| tolerance and relative rank cut-off (`None`: defaults
       of `estimate_steady_state`).
+    - `keep_trajectories`: keep the σ hypergradients of every window (`glocal`, `global`) in
+      `OuterResult.trajectories`, to re-fit the DMD afterwards with other settings.
     """
 
     strategy: str = "glocal"
@@ -69,6 +83,7 @@ class OuterConfig:
     reset_tangents: bool = True
     delta: float | None = None
     rtol: float | None = None
+    keep_trajectories: bool = False
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -82,9 +97,9 @@ class OuterConfig:
                 f"total_steps={self.total_steps} is not a multiple of tau={self.tau}: "
                 f"use e.g. total_steps={self.total_steps - self.total_steps % self.tau}."
             )
-        if self.strategy == "glocal" and not 1 <= self.m < self.sigma <= self.tau:
+        if self.strategy in ("glocal", "global") and not 1 <= self.m < self.sigma <= self.tau:
             raise ValueError(
-                f"sigma={self.sigma}, m={self.m}, tau={self.tau}: glocal needs "
+                f"sigma={self.sigma}, m={self.m}, tau={self.tau}: {self.strategy} needs "
                 "1 <= m < sigma <= tau (sigma of the tau hypergradients, m delays, and at "
                 "least two Hankel columns)."
             )
@@ -103,8 +118,9 @@ class OuterConfig:
 
     @property
     def num_recorded(self) -> int:
-        """Hypergradients per window the strategy reads: σ for glocal, the last one otherwise."""
-        return {"none": 0, "glocal": self.sigma}.get(self.strategy, 1)
+        """Hypergradients per window the strategy reads: σ for the DMD (`glocal`, `global`),
+        the last one for `local`."""
+        return {"none": 0, "local": 1}.get(self.strategy, self.sigma)
 
 
 class OuterResult(NamedTuple):
@@ -117,9 +133,14 @@ class OuterResult(NamedTuple):
     - `phi`, `hyperparameters`: raw φ_s and bounded values used in window s, `(S, q)`.
     - `hypergradient`: what updated φ after window s, `(S, q)` (zeros for `none`).
     - `local_hypergradient`: h at the window's end, `(S, q)` (NaN for `none`).
+    - `estimate`: the DMD's steady state ĥ∞ (h_τ where it fell back), `(S, q)` (`glocal` and
+      `global`; NaN otherwise).
     - `train_loss`: mean minibatch loss over the window; `val_loss`: ℓ̃ at its end, `(S,)`.
     - `eval_step`, `test_accuracy`: the test metric every `eval_every` windows.
-    - `spectral_radius`, `num_kept`, `fallback`, `fallback_reason`: DMD diagnostics (glocal).
+    - `spectral_radius`, `num_kept`, `fallback`, `fallback_reason`: DMD diagnostics
+      (`glocal`, `global`).
+    - `trajectories`: the σ hypergradients of each window, `(S, σ, q)`, if
+      `config.keep_trajectories`; else `None`.
     - `seconds_window`, `seconds_playout`, `seconds_dmd`: wall time per window, `(S,)`;
       the window time includes forward-mode tracking, which is fused with training.
     - `seconds_compile`: compilation, excluded from the per-window times.
@@ -133,6 +154,7 @@ class OuterResult(NamedTuple):
     hyperparameters: np.ndarray
     hypergradient: np.ndarray
     local_hypergradient: np.ndarray
+    estimate: np.ndarray
     train_loss: np.ndarray
     val_loss: np.ndarray
     eval_step: np.ndarray
@@ -146,6 +168,7 @@ class OuterResult(NamedTuple):
     seconds_dmd: np.ndarray
     seconds_compile: float
     stopped: str
+    trajectories: np.ndarray | None = None
 
 
 def _timed(fn, *args):
@@ -162,6 +185,7 @@ class _Record(NamedTuple):
     hyperparameters: np.ndarray
     hypergradient: np.ndarray
     local_hypergradient: np.ndarray
+    estimate: np.ndarray
     train_loss: float
     val_loss: float
     spectral_radius: float
@@ -171,15 +195,64 @@ class _Record(NamedTuple):
     seconds_window: float
     seconds_playout: float
     seconds_dmd: float
+    trajectory: np.ndarray | None
 
 
 def _stack(records: list[_Record], q: int) -> dict:
+    vector = {"phi", "hyperparameters", "hypergradient", "local_hypergradient", "estimate"}
     if not records:
-        vector = {"phi", "hyperparameters", "hypergradient", "local_hypergradient"}
-        return {f: (np.zeros((0, q)) if f in vector else
-                    () if f == "fallback_reason" else np.zeros(0)) for f in _Record._fields}
-    columns = dict(zip(_Record._fields, zip(*records)))
-    return {f: tuple(v) if f == "fallback_reason" else np.array(v) for f, v in columns.items()}
+        columns = {f: (np.zeros((0, q)) if f in vector else
+                       () if f == "fallback_reason" else np.zeros(0)) for f in _Record._fields}
+        columns["trajectory"] = None
+    else:
+        columns = dict(zip(_Record._fields, zip(*records)))
+        columns = {f: tuple(v) if f == "fallback_reason" else v for f, v in columns.items()}
+        for f in columns:
+            if f not in ("fallback_reason", "trajectory"):
+                columns[f] = np.array(columns[f])
+        keep = columns["trajectory"][0] is not None
+        columns["trajectory"] = np.stack(columns["trajectory"]) if keep else None
+    columns["trajectories"] = columns.pop("trajectory")
+    return columns
+
+
+class _Progress(NamedTuple):
+    """Everything the loop carries from one window to the next: a checkpoint."""
+
+    next_window: int
+    state: list[np.ndarray]
+    tangents: list[np.ndarray] | None
+    phi: np.ndarray
+    outer_state: list[np.ndarray]
+    records: list[_Record]
+    evals: list[tuple[int, float]]
+
+
+def _fingerprint(problem: BilevelProblem, config: OuterConfig, key: PRNGKeyArray) -> dict:
+    return {"config": dataclasses.asdict(config), "names": problem.space.names,
+            "key": np.asarray(jax.random.key_data(key)).tolist()}
+
+
+def _leaves(tree) -> list[np.ndarray] | None:
+    return None if tree is None else [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def _unflatten(like, leaves):
+    if like is None:
+        return None
+    return jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(x) for x in leaves])
+
+
+def _load_checkpoint(path: Path, fingerprint: dict) -> _Progress | None:
+    if not path.exists():
+        return None
+    saved = load_pickle(path)
+    if saved["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"Checkpoint {path} belongs to another run (different problem, config or key). "
+            "Delete it to start this run afresh, or pass another checkpoint path."
+        )
+    return saved["progress"]
 
 
 def run_outer(
@@ -189,6 +262,9 @@ def run_outer(
     key: PRNGKeyArray,
     progress: bool = True,
     desc: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    callback: Callable[[int, OuterResult], None] | None = None,
 ) -> OuterResult:
     """Optimise φ of `problem` with `config.strategy`; return the whole history.
 
@@ -199,9 +275,18 @@ def run_outer(
     - `key`: the only source of randomness (initial state, minibatches, playouts).
     - `progress`: show a tqdm bar over windows (`leave=False`, for nesting).
     - `desc`: the bar's label.
+    - `checkpoint`: a file to save progress to every `checkpoint_every` windows and when the
+      run is interrupted (any exception, Ctrl-C included). If it exists, the run resumes from
+      it and ends exactly as an uninterrupted run would; a checkpoint of another run (other
+      problem names, config or key) is refused. The caller deletes it once the result is safe.
+    - `checkpoint_every`: windows between checkpoints.
+    - `callback`: called as `callback(s, partial_result)` after each finished window `s`
+      (e.g. live plots); an exception it raises interrupts the run like Ctrl-C would.
 
     **Returns:** an `OuterResult`.
     """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={checkpoint_every}: must be >= 1.")
     init_key, data_key, playout_key = jax.random.split(key, 3)
     state = problem.init(init_key)
     phi = jnp.asarray(problem.phi0)
@@ -214,6 +299,19 @@ def run_outer(
     val_loss_fn = jax.jit(problem.val_loss)
     dmd_kwargs = {k: v for k, v in (("delta", config.delta), ("rtol", config.rtol))
                   if v is not None}
+
+    records: list[_Record] = []
+    evals: list[tuple[int, float]] = []
+    first = 0
+    fingerprint = _fingerprint(problem, config, key)
+    path = None if checkpoint is None else Path(checkpoint)
+    resumed = None if path is None else _load_checkpoint(path, fingerprint)
+    if resumed is not None:
+        first, records, evals = resumed.next_window, list(resumed.records), list(resumed.evals)
+        state = _unflatten(state, resumed.state)
+        tangents = _unflatten(fresh, resumed.tangents)
+        phi = jnp.asarray(resumed.phi)
+        outer_state = _unflatten(outer_state, resumed.outer_state)
 
     tau, recorded = config.tau, config.num_recorded
     if config.strategy == "none":
@@ -234,67 +332,96 @@ def run_outer(
     jax.block_until_ready((evaluate(state.params), val_loss_fn(state.params)))
     seconds_compile = time.perf_counter() - start
 
-    records: list[_Record] = []
-    evals: list[tuple[int, float]] = []
-    stopped = ""
-    bar = tqdm(range(config.num_windows), desc=desc or config.strategy, leave=False,
-               disable=not progress)
-    for s in bar:
-        if config.reset_tangents:
-            tangents = fresh
-        window, seconds_window = _timed(
-            window_fn, state, tangents, phi, jax.random.fold_in(data_key, s)
+    def result(stopped: str) -> OuterResult:
+        eval_step, test_accuracy = (np.array([e[i] for e in evals]) for i in (0, 1))
+        return OuterResult(
+            config=config, names=problem.space.names, eval_step=eval_step,
+            test_accuracy=test_accuracy, seconds_compile=seconds_compile, stopped=stopped,
+            **_stack(records, q),
         )
-        step = (s + 1) * config.tau
-        hs = np.asarray(window.hypergradients, np.float64)
-        local = hs[-1] if len(hs) else np.full(q, np.nan)
-        train_loss = float(np.mean(window.train_losses))
-        if not np.isfinite(train_loss):
-            stopped = f"training diverged in window {s} (non-finite training loss)"
-            break
-        if not np.all(np.isfinite(hs)):
-            stopped = f"hypergradient diverged in window {s} (non-finite h_t)"
-            break
 
-        update, seconds_playout, seconds_dmd = np.zeros(q), 0.0, 0.0
-        dmd = (np.nan, 0, False, "")
-        if config.strategy == "local":
-            update = local
-        elif config.strategy == "global":
-            (h_T, _), seconds_playout = _timed(
-                playout, problem, window.state, window.tangents, phi,
-                jax.random.fold_in(playout_key, s), jnp.int32(config.total_steps - step),
+    # The last finished window's carry, as references: jax arrays are immutable, and host
+    # copies are made only when a checkpoint is written.
+    def snapshot(next_window: int):
+        return next_window, state, tangents, phi, outer_state, len(records), len(evals)
+
+    def save(done) -> None:
+        if path is None:
+            return
+        next_window, state_, tangents_, phi_, outer_state_, n_records, n_evals = done
+        progress = _Progress(next_window, _leaves(state_), _leaves(tangents_),
+                             np.asarray(phi_), _leaves(outer_state_), records[:n_records],
+                             evals[:n_evals])
+        save_pickle(path, {"fingerprint": fingerprint, "progress": progress})
+
+    stopped = ""
+    done = snapshot(first)
+    bar = tqdm(range(first, config.num_windows), desc=desc or config.strategy, leave=False,
+               disable=not progress, initial=first, total=config.num_windows)
+    try:
+        for s in bar:
+            if config.reset_tangents:
+                tangents = fresh
+            window, seconds_window = _timed(
+                window_fn, state, tangents, phi, jax.random.fold_in(data_key, s)
             )
-            update = np.asarray(h_T, np.float64)
-            if not np.all(np.isfinite(update)):
-                stopped = f"global hypergradient diverged in window {s} (playout to T)"
+            step = (s + 1) * config.tau
+            hs = np.asarray(window.hypergradients, np.float64)
+            local = hs[-1] if len(hs) else np.full(q, np.nan)
+            train_loss = float(np.mean(window.train_losses))
+            if not np.isfinite(train_loss):
+                stopped = f"training diverged in window {s} (non-finite training loss)"
                 break
-        elif config.strategy == "glocal":
-            start = time.perf_counter()
-            estimate = estimate_steady_state(hs, sigma=config.sigma, m=config.m, **dmd_kwargs)
-            seconds_dmd = time.perf_counter() - start
-            update = estimate.value
-            dmd = (estimate.spectral_radius, int(np.sum(estimate.kept)), estimate.fallback,
-                   estimate.reason)
+            if not np.all(np.isfinite(hs)):
+                stopped = f"hypergradient diverged in window {s} (non-finite h_t)"
+                break
 
-        state, tangents = window.state, window.tangents
-        val_loss = float(val_loss_fn(state.params))
-        records.append(_Record(
-            step, np.asarray(phi), np.asarray(problem.space.bounded(phi)), update, local,
-            train_loss, val_loss, *dmd, seconds_window, seconds_playout, seconds_dmd,
-        ))
-        if (s + 1) % config.eval_every == 0 or s + 1 == config.num_windows:
-            metrics = jax.device_get(evaluate(state.params))
-            evals.append((step, float(metrics.get("test_accuracy", np.nan))))
-        bar.set_postfix(val_loss=f"{val_loss:.3g}")
+            update, seconds_playout, seconds_dmd = np.zeros(q), 0.0, 0.0
+            dmd, estimate = (np.nan, 0, False, ""), np.full(q, np.nan)
+            if config.strategy in ("glocal", "global"):
+                start = time.perf_counter()
+                fit = estimate_steady_state(hs, sigma=config.sigma, m=config.m, **dmd_kwargs)
+                seconds_dmd = time.perf_counter() - start
+                estimate = fit.value
+                dmd = (fit.spectral_radius, int(np.sum(fit.kept)), fit.fallback, fit.reason)
+            if config.strategy == "local":
+                update = local
+            elif config.strategy == "glocal":
+                update = estimate
+            elif config.strategy == "global":
+                (h_T, _), seconds_playout = _timed(
+                    playout, problem, window.state, window.tangents, phi,
+                    jax.random.fold_in(playout_key, s), jnp.int32(config.total_steps - step),
+                )
+                update = np.asarray(h_T, np.float64)
+                if not np.all(np.isfinite(update)):
+                    stopped = f"global hypergradient diverged in window {s} (playout to T)"
+                    break
 
-        if config.strategy != "none":
-            updates, outer_state = outer.update(jnp.asarray(update, phi.dtype), outer_state, phi)
-            phi = optax.apply_updates(phi, updates)
+            state, tangents = window.state, window.tangents
+            val_loss = float(val_loss_fn(state.params))
+            records.append(_Record(
+                step, np.asarray(phi), np.asarray(problem.space.bounded(phi)), update, local,
+                estimate, train_loss, val_loss, *dmd, seconds_window, seconds_playout,
+                seconds_dmd, hs if config.keep_trajectories else None,
+            ))
+            if (s + 1) % config.eval_every == 0 or s + 1 == config.num_windows:
+                metrics = jax.device_get(evaluate(state.params))
+                evals.append((step, float(metrics.get("test_accuracy", np.nan))))
+            bar.set_postfix(val_loss=f"{val_loss:.3g}")
 
-    eval_step, test_accuracy = (np.array([e[i] for e in evals]) for i in (0, 1))
-    return OuterResult(
-        config=config, names=problem.space.names, eval_step=eval_step,
-        test_accuracy=test_accuracy, seconds_compile=seconds_compile, stopped=stopped,
-        **_stack(records, q),
-    )
+            if config.strategy != "none":
+                updates, outer_state = outer.update(jnp.asarray(update, phi.dtype), outer_state,
+                                                    phi)
+                phi = optax.apply_updates(phi, updates)
+            done = snapshot(s + 1)
+            if (s + 1) % checkpoint_every == 0:
+                save(done)
+            if callback is not None:
+                callback(s, result(""))
+    except BaseException:
+        save(done)
+        raise
+    finally:
+        bar.close()
+    return result(stopped)

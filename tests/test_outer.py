@@ -157,3 +157,71 @@ def test_tangent_reset_flag_matches_its_ground_truth(reset):
         expected = jax.grad(val_after_two_windows, argnums=argnums)(phi, phi)
         expected = expected if reset else expected[0] + expected[1]
         np.testing.assert_allclose(result.local_hypergradient[1], expected, rtol=1e-8)
+
+
+def test_global_run_holds_local_glocal_and_global_side_by_side():
+    problem = _weight_decay_problem(0.3, at_equilibrium=False)
+    config = gc.OuterConfig("global", total_steps=200, tau=40, sigma=30, m=4,
+                            keep_trajectories=True)
+    result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
+    assert result.trajectories.shape == (5, 30, 1)
+    np.testing.assert_array_equal(result.trajectories[:, -1], result.local_hypergradient)
+    for s in range(5):
+        refit = gc.estimate_steady_state(result.trajectories[s], sigma=30, m=4)
+        np.testing.assert_array_equal(result.estimate[s], refit.value)
+        assert result.fallback[s] == refit.fallback
+    assert not np.allclose(result.estimate, result.hypergradient)  # h_T: from the playouts
+    local = gc.run_outer(problem, gc.OuterConfig("local", total_steps=200, tau=40),
+                         key=jax.random.key(0), progress=False)
+    assert np.all(np.isnan(local.estimate)) and local.trajectories is None
+
+
+def _comparable(result):
+    """Every field of an `OuterResult` except wall times."""
+    return {k: v for k, v in result._asdict().items() if not k.startswith("seconds")}
+
+
+@pytest.mark.parametrize("strategy, reset", [("global", True), ("glocal", False)])
+def test_interrupted_run_resumes_to_the_identical_result(tmp_path, strategy, reset):
+    problem = gc.quadratic_problem(*_targets(), gc.sgd(0.1, 0.5, 0.3), noise=0.1)
+    config = gc.OuterConfig(strategy, total_steps=280, tau=40, sigma=30, m=4,
+                            eval_every=2, reset_tangents=reset)
+    key = jax.random.key(7)
+    uninterrupted = gc.run_outer(problem, config, key=key, progress=False)
+
+    def interrupt(s, partial):
+        assert len(partial.step) == s + 1
+        if s == 4:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        gc.run_outer(problem, config, key=key, progress=False, checkpoint=path,
+                     checkpoint_every=3, callback=interrupt)
+    assert path.exists()
+    seen = []
+    resumed = gc.run_outer(problem, config, key=key, progress=False, checkpoint=path,
+                           callback=lambda s, partial: seen.append(s))
+    assert seen == [5, 6]  # windows 0–4 came from the checkpoint written at the interrupt
+    expected, got = _comparable(uninterrupted), _comparable(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        if isinstance(expected[name], np.ndarray):
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        else:
+            assert got[name] == expected[name], name
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    problem = _weight_decay_problem(0.3)
+    config = gc.OuterConfig("local", total_steps=80, tau=40)
+    path = tmp_path / "run.ckpt"
+
+    def interrupt(s, partial):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        gc.run_outer(problem, config, key=jax.random.key(0), progress=False,
+                     checkpoint=path, callback=interrupt)
+    with pytest.raises(ValueError, match="another run"):
+        gc.run_outer(problem, config, key=jax.random.key(1), progress=False, checkpoint=path)
