@@ -18,7 +18,10 @@ On accelerators a window is one jitted `lax.scan`. On the CPU it is a host loop 
 jitted step: XLA:CPU runs convolution gradients inside a while loop about ten times slower
 than at the top level of a program (measured here for LeNet; jax-ml/jax#12868), while the
 dispatch cost of a host loop is negligible next to a CPU step. Both give the same numbers.
-Reverse mode differentiates through its window, so it is always a (checkpointed) scan.
+Reverse mode on the CPU likewise runs the window forward in a host loop, keeping the states,
+then pulls the σ cotangents back step by step, re-running each step inside its `vjp`: the
+same arithmetic as the checkpointed scan, without the while loop (ten times faster for the
+WideResNet of data reweighting, measured here).
 """
 
 import functools
@@ -153,7 +156,6 @@ def _track_forward_scan(problem, state, tangents, phi, key, *, num_steps, num_re
     return Window(state, tangents, hs, jnp.concatenate([losses_a, losses_b]))
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "num_steps", "num_recorded"))
 def track_reverse(
     problem: BilevelProblem,
     state: InnerState,
@@ -165,6 +167,57 @@ def track_reverse(
 ) -> Window:
     """The same window and hypergradients as `track_forward` from Z = 0, by reverse mode."""
     _check_window(num_steps, num_recorded)
+    if not host_loop():
+        return _track_reverse_scan(problem, state, phi, key, num_steps=num_steps,
+                                   num_recorded=num_recorded)
+    keys = jax.random.split(key, num_steps)
+    states, losses = [state], []
+    for k in keys:
+        state, loss = _plain_step(problem, state, phi, k)
+        states.append(state)
+        losses.append(loss)
+    skip = num_steps - num_recorded
+    cotangents = jax.tree.map(lambda a: jnp.zeros((num_recorded, *a.shape), a.dtype),
+                              _differentiable(state))
+    hs = jnp.zeros((num_recorded, phi.shape[0]), phi.dtype)
+    for t in range(num_steps, 0, -1):  # pull back through step t: x_{t−1} → x_t
+        if t > skip:
+            cotangents = _add_row(cotangents, _val_cotangent(problem, states[t]), t - skip - 1)
+        cotangents, d_phi = _pull_back(problem, states[t - 1], phi, keys[t - 1], cotangents)
+        hs = hs + d_phi
+    return Window(states[-1], None, hs, jnp.stack(losses))
+
+
+def _differentiable(state: InnerState) -> PyTree:
+    return eqx.partition(state, eqx.is_inexact_array)[0]
+
+
+@functools.partial(jax.jit, static_argnames="problem")
+def _val_cotangent(problem, state):
+    """∂ℓ̃(θ_t)/∂x_t: the validation gradient in θ, zero in the optimizer state."""
+    diff, static = eqx.partition(state, eqx.is_inexact_array)
+    return jax.grad(lambda d: problem.val_loss(eqx.combine(d, static).params))(diff)
+
+
+@jax.jit
+def _add_row(batch, row, index):
+    return jax.tree.map(lambda b, r: b.at[index].add(r), batch, row)
+
+
+@functools.partial(jax.jit, static_argnames="problem")
+def _pull_back(problem, state, phi, key, cotangents):
+    """Cotangents of x_t (a batch of σ) → those of x_{t−1} and of φ, through step t."""
+    diff, static = eqx.partition(state, eqx.is_inexact_array)
+
+    def step(diff, phi):
+        return _differentiable(problem.step(eqx.combine(diff, static), phi, key)[0])
+
+    _, pull = jax.vjp(step, diff, phi)
+    return jax.vmap(pull)(cotangents)
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "num_steps", "num_recorded"))
+def _track_reverse_scan(problem, state, phi, key, *, num_steps, num_recorded):
     keys = jax.random.split(key, num_steps)
     skip = num_steps - num_recorded
 
@@ -262,11 +315,18 @@ def warm_up(
     `mode` is `"forward"`, `"reverse"` or `None` (untracked). Scans are compiled ahead of
     time; on the host-loop path one step of each jitted function runs and is discarded.
     """
-    tangents = zero_tangents(state, phi.shape[0])
     if mode == "reverse":
-        track_reverse.lower(problem, state, phi, key, num_steps=num_steps,
-                            num_recorded=num_recorded).compile()
-    elif not host_loop():
+        if not host_loop():
+            _track_reverse_scan.lower(problem, state, phi, key, num_steps=num_steps,
+                                      num_recorded=num_recorded).compile()
+            return
+        stepped, _ = jax.block_until_ready(_plain_step(problem, state, phi, key))
+        row = _val_cotangent(problem, stepped)
+        batch = jax.tree.map(lambda a: jnp.zeros((num_recorded, *a.shape), a.dtype), row)
+        jax.block_until_ready(_pull_back(problem, state, phi, key, _add_row(batch, row, 0)))
+        return
+    tangents = zero_tangents(state, phi.shape[0])
+    if not host_loop():
         if mode is None:
             _train_scan.lower(problem, state, phi, key, num_steps=num_steps).compile()
         else:

@@ -190,6 +190,7 @@ def test_scan_and_host_loop_give_the_same_window(monkeypatch):
         monkeypatch.setattr(gc._hypergrad, "host_loop", lambda host=host: host)
         results[host] = (
             gc.track_forward(problem, state, zero, phi, key, num_steps=6, num_recorded=4),
+            gc.track_reverse(problem, state, phi, key, num_steps=6, num_recorded=4),
             gc.train_window(problem, state, phi, key, num_steps=6),
             gc.playout(problem, state, zero, phi, key, 5),
         )
