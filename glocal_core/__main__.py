@@ -1,14 +1,35 @@
-"""`python -m glocal_core {bench,data}`: the command line."""
+"""`python -m glocal_core {reproduce,bench,data}`: the command line."""
 
 import argparse
 import sys
 
 from ._bench import BenchConfig
+from .experiments import DESCRIPTIONS, EXPERIMENTS
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m glocal_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run one of the paper's experiments (cached, resumable)",
+        description="Run every run of an experiment, or load it from the cache. A finished "
+                    "run is never recomputed; an interrupted one resumes from its last "
+                    "checkpoint. Experiments: " + "; ".join(
+                        f"{name}: {text}" for name, text in DESCRIPTIONS.items()),
+    )
+    reproduce.add_argument("name", choices=(*EXPERIMENTS, "all"))
+    reproduce.add_argument("--profile", default=None,
+                           help="smoke (digits, CPU minutes) or full (the paper's settings, "
+                                "a GPU); default: $GLOCAL_PROFILE, else smoke")
+    reproduce.add_argument("--cache-dir", default=None,
+                           help="where results and checkpoints go (default: "
+                                "$GLOCAL_CACHE_DIR, else ~/.cache/glocal_core)")
+    reproduce.add_argument("--data-dir", default=None,
+                           help="prepared tensorflow-datasets (default: $TFDS_DATA_DIR, else "
+                                "~/tensorflow_datasets)")
+    reproduce.add_argument("--list", action="store_true",
+                           help="list the runs and whether each is cached; run nothing")
 
     bench = commands.add_parser(
         "bench", help="time none / local / global / glocal on the LeNet workload (Table 3)"
@@ -39,8 +60,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reproduce(args) -> int:
+    from . import experiments as ex
+    from ._data import DatasetNotPreparedError
+
+    names = EXPERIMENTS if args.name == "all" else (args.name,)
+    try:
+        profile = args.profile or ex.profile_from_env()
+        ex.check_profile(profile)
+        for name in names:
+            exp = ex.experiment(name, profile)
+            print(f"# {name} ({profile}): {exp.description}")
+            if args.list:
+                for spec in exp.runs:
+                    path = ex.result_path(spec, args.cache_dir)
+                    state = ("cached" if path.exists() else
+                             "checkpointed" if path.with_suffix(".ckpt").exists() else "to run")
+                    print(f"{spec.label:55s} {state}")
+                continue
+            results = ex.reproduce(name, profile, cache_dir=args.cache_dir,
+                                   data_dir=args.data_dir)
+            for row in ex.summary_rows(name, results):
+                print("  ".join(f"{k}={v}" for k, v in row.items()))
+    except (DatasetNotPreparedError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "reproduce":
+        return _reproduce(args)
     if args.command == "bench":
         from ._bench import main as bench_main
 

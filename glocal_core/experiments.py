@@ -1,0 +1,439 @@
+"""The paper's experiments as named configurations, at two profiles, with an on-disk cache.
+
+An experiment (`fig2`, `fig3`, `table2`, `fig4`, `table3`) is a list of `RunSpec`s: one
+outer-loop run each, fully described by a frozen dataclass (data, model, inner optimizer,
+`OuterConfig`, seed). A run's result is cached under a hash of its spec, so
+
+- a finished run is never recomputed (`run` loads it);
+- a long run checkpoints every few windows and when interrupted, and resumes from there to
+  the identical result;
+- an experiment interrupted halfway keeps every run it finished.
+
+Profiles (`GLOCAL_PROFILE`):
+
+- `smoke`: scikit-learn's digits (real data, offline) standing in for the paper's datasets,
+  small models and a few hundred inner steps: every experiment runs on 2 CPU cores in
+  minutes. One seed. Its numbers show the machinery on real data, not the paper's results.
+- `full`: the paper's datasets (tensorflow-datasets, prepared beforehand), models and
+  settings, three seeds, for a GPU.
+
+Where the paper leaves a setting open, we chose:
+
+- Initial momentum 0.9 and weight decay 5e-4 for SGD, and Adam's lr 1e-3, β1 0.9, β2 0.999:
+  the paper gives only the initial SGD learning rate (0.1 for FMNIST, 0.01 for MNIST/KMNIST).
+- WideResNet (fig3) starts from lr 0.1, wd 5e-4 with momentum 0.9 fixed, and trains, like
+  LeNet, for T = 10k steps; data reweighting for T = 10k steps too.
+- `full` runs Adam on Fashion-MNIST only, as the paper's Figure 2 does.
+- Data reweighting updates the meta network with outer Adam at lr 1e-3, the meta learning
+  rate of Meta-Weight-Net (Shu et al., 2019). The paper's 0.1 is for a few sigmoid-bounded
+  optimizer hyperparameters; on 385 unbounded weights it moves every weight by about 0.1 per
+  outer step, which saturates μ_φ within a few steps (measured: the smoke runs stopped
+  learning at chance accuracy).
+- `smoke`: digits with initial lr 0.01 for every stand-in (lr 0.1 with momentum 0.9 diverges
+  on digits within 50 steps); WideResNet-10-1 with batch 32 for fig3; reweighting with LeNet
+  (batch 32) on digits at f = 50 and 100 (CIFAR-10's rows; digits has no 100-class
+  stand-in), because σ backward passes through a WideResNet cost minutes per window on a CPU.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.random as jr
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._bench import PAPER as PAPER_BENCH
+from ._bench import PAPER_SECONDS, BenchConfig, run_bench
+from ._data import NUM_CLASSES, load_dataset, to_device
+from ._hyperparams import adam, sgd
+from ._io import load_pickle, save_pickle
+from ._models import LeNet, MetaMLP, WideResNet
+from ._outer import OuterConfig, OuterResult, run_outer
+from ._problems import BilevelProblem, classification_problem, reweighting_problem
+
+PROFILES = ("smoke", "full")
+EXPERIMENTS = ("fig2", "fig3", "table2", "fig4", "table3")
+# Bump when a change in the library changes what a cached result would contain.
+CACHE_VERSION = 1
+
+DESCRIPTIONS = {
+    "fig2": "LeNet: SGD (lr, momentum, wd) and Adam (lr, β1, β2); local / global / glocal "
+            "(Sec. 4.1, Figures 2, C.1–C.3)",
+    "fig3": "WideResNet-28-2 on CIFAR-10/100: SGD lr and wd; local vs glocal (Figures 3, C.4)",
+    "table2": "data reweighting on imbalanced CIFAR with a 385-parameter meta network "
+              "(Sec. 4.2, Table 2)",
+    "fig4": "DMD configurations σ × m against validation performance (Sec. 4.3, Figure 4)",
+    "table3": "runtime of none / local / global / glocal (Table 3)",
+}
+
+# The paper's reported numbers, for side-by-side tables (never our results).
+PAPER_TABLE2 = {  # test accuracy, (local, glocal)
+    ("cifar10", 50): (0.520, 0.715),
+    ("cifar10", 100): (0.445, 0.595),
+    ("cifar100", 50): (0.315, 0.350),
+}
+PAPER_TABLE3 = PAPER_SECONDS
+
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which data a run uses. **Fields:** `name` (`digits` or a tfds name), `image_shape`
+    (digits only), `val_size` (fraction or count), `imbalance` (factor f or `None`),
+    `stands_in_for` (at `smoke`: the paper's dataset this replaces)."""
+
+    name: str
+    image_shape: tuple[int, int, int] | None = None
+    val_size: float | int = 0.1
+    imbalance: float | None = None
+    stands_in_for: str | None = None
+
+    @property
+    def paper_name(self) -> str:
+        return self.stands_in_for or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One outer-loop run, completely: what `run` computes and what the cache is keyed by.
+
+    **Fields:**
+
+    - `experiment`, `profile`: where it belongs.
+    - `data`: a `DataSpec`.
+    - `model`: `lenet` or `wrn` (with `depth`, `width`).
+    - `task`: `hpo` (optimizer hyperparameters) or `reweighting` (meta network, q = 385).
+    - `optimizer`, `initial`, `learn`: the inner optimizer (`sgd`/`adam`), its initial values
+      and which of them are learned (`hpo` only).
+    - `batch_size`: training minibatch size.
+    - `outer`: the `OuterConfig` (strategy, T, τ, σ, m, ...).
+    - `seed`: model initialisation, data hold-outs and minibatches.
+    """
+
+    experiment: str
+    profile: str
+    data: DataSpec
+    outer: OuterConfig
+    model: str = "lenet"
+    depth: int = 28
+    width: int = 2
+    task: str = "hpo"
+    optimizer: str = "sgd"
+    initial: tuple[tuple[str, float], ...] = ()
+    learn: tuple[str, ...] = ()
+    batch_size: int = 128
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        """A readable name, e.g. `fashion_mnist/sgd/glocal/seed0`."""
+        data = self.data.paper_name
+        if self.data.imbalance is not None:
+            data += f"-f{self.data.imbalance:g}"
+        what = self.optimizer if self.task == "hpo" else "reweight"
+        outer = self.outer.strategy
+        if self.experiment == "fig4":
+            outer += f"-sigma{self.outer.sigma}-m{self.outer.m}"
+        return f"{data}/{what}/{outer}/seed{self.seed}"
+
+    def digest(self) -> str:
+        """A hash of everything that determines the result (and of `CACHE_VERSION`)."""
+        text = json.dumps([CACHE_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A named experiment at one profile: its runs, or (`table3`) a benchmark."""
+
+    name: str
+    profile: str
+    description: str
+    runs: tuple[RunSpec, ...] = ()
+    bench: BenchConfig | None = None
+
+
+def profile_from_env(default: str = "smoke") -> str:
+    """`$GLOCAL_PROFILE` (default `smoke`), checked against `PROFILES`."""
+    return check_profile(os.environ.get("GLOCAL_PROFILE", default))
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"Unknown profile {profile!r}: choose one of {', '.join(PROFILES)} "
+                         "(set GLOCAL_PROFILE or pass --profile).")
+    return profile
+
+
+def default_cache_dir() -> Path:
+    """`$GLOCAL_CACHE_DIR`, else `~/.cache/glocal_core` (the Makefile uses `_build/cache`)."""
+    env = os.environ.get("GLOCAL_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "glocal_core"
+
+
+# --- the experiments -------------------------------------------------------------------
+
+_SGD_ALL = ("learning_rate", "momentum", "weight_decay")
+_ADAM_ALL = ("learning_rate", "b1", "b2")
+
+
+def _sgd_initial(lr: float) -> tuple[tuple[str, float], ...]:
+    return (("learning_rate", lr), ("momentum", 0.9), ("weight_decay", 5e-4))
+
+
+_ADAM_INITIAL = (("learning_rate", 1e-3), ("b1", 0.9), ("b2", 0.999))
+
+
+def _seeds(profile: str) -> tuple[int, ...]:
+    return (0,) if profile == "smoke" else (0, 1, 2)
+
+
+def _outer(profile: str, strategy: str, **overrides) -> OuterConfig:
+    if profile == "smoke":
+        base = dict(total_steps=80, tau=10, sigma=8, m=3, eval_every=1)
+    else:
+        base = dict(total_steps=10_000, tau=100, sigma=80, m=10, eval_every=5)
+    return OuterConfig(strategy, **{**base, **overrides})
+
+
+def _fig2(profile: str) -> list[RunSpec]:
+    if profile == "smoke":
+        digits = DataSpec("digits", (28, 28, 1), stands_in_for="mnist")
+        panels = [(digits, "sgd", _sgd_initial(0.01)), (digits, "adam", _ADAM_INITIAL)]
+    else:
+        panels = [
+            (DataSpec("fashion_mnist"), "sgd", _sgd_initial(0.1)),
+            (DataSpec("fashion_mnist"), "adam", _ADAM_INITIAL),
+            (DataSpec("mnist"), "sgd", _sgd_initial(0.01)),
+            (DataSpec("kmnist"), "sgd", _sgd_initial(0.01)),
+        ]
+    return [
+        RunSpec("fig2", profile, data, _outer(profile, strategy,
+                                              keep_trajectories=strategy == "global"),
+                optimizer=optimizer, initial=initial,
+                learn=_SGD_ALL if optimizer == "sgd" else _ADAM_ALL, seed=seed)
+        for data, optimizer, initial in panels
+        for strategy in ("local", "global", "glocal")
+        for seed in _seeds(profile)
+    ]
+
+
+def _fig3(profile: str) -> list[RunSpec]:
+    if profile == "smoke":
+        datasets = [DataSpec("digits", (32, 32, 3), stands_in_for="cifar10")]
+        model = dict(depth=10, width=1, batch_size=32)
+        overrides = dict(total_steps=60)
+    else:
+        datasets = [DataSpec("cifar10"), DataSpec("cifar100")]
+        model, overrides = {}, {}
+    return [
+        RunSpec("fig3", profile, data, _outer(profile, strategy, **overrides), model="wrn",
+                initial=_sgd_initial(0.1), learn=("learning_rate", "weight_decay"), seed=seed,
+                **model)
+        for data in datasets
+        for strategy in ("local", "glocal")
+        for seed in _seeds(profile)
+    ]
+
+
+def _table2(profile: str) -> list[RunSpec]:
+    if profile == "smoke":
+        datasets = [DataSpec("digits", (28, 28, 1), val_size=100, imbalance=f,
+                             stands_in_for="cifar10") for f in (50, 100)]
+        model, overrides = dict(model="lenet", batch_size=32), dict(total_steps=100)
+    else:
+        datasets = [DataSpec(name, val_size=1000, imbalance=f) for name, f in PAPER_TABLE2]
+        model, overrides = dict(model="wrn"), {}
+    return [
+        RunSpec("table2", profile, data,
+                _outer(profile, strategy, mode="reverse", outer_lr=1e-3, **overrides),
+                task="reweighting", seed=seed, **model)
+        for data in datasets
+        for strategy in ("local", "glocal")
+        for seed in _seeds(profile)
+    ]
+
+
+def _fig4(profile: str) -> list[RunSpec]:
+    if profile == "smoke":
+        data, initial = DataSpec("digits", (28, 28, 1), stands_in_for="fashion_mnist"), 0.01
+        grid = [(sigma, m) for sigma in (5, 10) for m in (1, 2, 4)]
+    else:
+        data, initial = DataSpec("fashion_mnist"), 0.1
+        grid = [(sigma, m) for sigma in (20, 50, 80, 100) for m in (1, 5, 10, 20) if m < sigma]
+    return [
+        RunSpec("fig4", profile, data,
+                _outer(profile, "glocal", sigma=sigma, m=m, keep_trajectories=True),
+                initial=_sgd_initial(initial), learn=_SGD_ALL, seed=seed)
+        for sigma, m in grid
+        for seed in _seeds(profile)
+    ]
+
+
+def experiment(name: str, profile: str | None = None) -> Experiment:
+    """The experiment `name` (one of `EXPERIMENTS`) at `profile` (default: from the env)."""
+    profile = profile_from_env() if profile is None else check_profile(profile)
+    builders: dict[str, Callable[[str], list[RunSpec]]] = {
+        "fig2": _fig2, "fig3": _fig3, "table2": _table2, "fig4": _fig4,
+    }
+    if name == "table3":
+        bench = (BenchConfig(steps=40, tau=10, sigma=8, m=3, val_size=144) if profile == "smoke"
+                 else PAPER_BENCH)
+        return Experiment(name, profile, DESCRIPTIONS[name], bench=bench)
+    if name not in builders:
+        raise ValueError(f"Unknown experiment {name!r}: choose one of {', '.join(EXPERIMENTS)}.")
+    return Experiment(name, profile, DESCRIPTIONS[name], runs=tuple(builders[name](profile)))
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+def build_problem(spec: RunSpec, *, data_dir: str | os.PathLike | None = None) -> BilevelProblem:
+    """The `BilevelProblem` of `spec`: data loaded (and put on the device), model built.
+
+    Raises `DatasetNotPreparedError` (naming the command that prepares it) for a tfds dataset
+    that is not prepared under `data_dir` / `$TFDS_DATA_DIR`.
+    """
+    kwargs = dict(seed=spec.seed, val_size=spec.data.val_size, imbalance=spec.data.imbalance)
+    if spec.data.name == "digits":
+        kwargs["image_shape"] = spec.data.image_shape or (28, 28, 1)
+    else:
+        kwargs["data_dir"] = data_dir
+    splits = to_device(load_dataset(spec.data.name, **kwargs))
+    train, val, test = ((d.images, d.labels) for d in (splits.train, splits.val, splits.test))
+    model_key, meta_key = jr.split(jr.key(spec.seed))
+    shape = train[0].shape[1:]
+    num_classes = NUM_CLASSES.get(spec.data.name, 10)
+    if spec.model == "lenet":
+        model = LeNet(key=model_key, in_channels=shape[-1], image_size=shape[0],
+                      num_classes=num_classes)
+    elif spec.model == "wrn":
+        model = WideResNet(spec.depth, spec.width, key=model_key, num_classes=num_classes,
+                           in_channels=shape[-1])
+    else:
+        raise ValueError(f"Unknown model {spec.model!r}: choose 'lenet' or 'wrn'.")
+    if spec.task == "reweighting":
+        return reweighting_problem(model, MetaMLP(key=meta_key), train, val, test,
+                                   batch_size=spec.batch_size)
+    factory = {"sgd": sgd, "adam": adam}[spec.optimizer]
+    optimizer = factory(**dict(spec.initial), learn=spec.learn)
+    return classification_problem(model, train, val, test, optimizer,
+                                  batch_size=spec.batch_size)
+
+
+def result_path(spec: RunSpec, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where `run` caches `spec`'s result: `<cache>/<profile>/<experiment>/<label>-<hash>.pkl`."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    name = spec.label.replace("/", "_") + f"-{spec.digest()}.pkl"
+    return root / spec.profile / spec.experiment / name
+
+
+def load_result(spec: RunSpec, cache_dir: str | os.PathLike | None = None) -> OuterResult | None:
+    """The cached result of `spec`, or `None` if it has not been run."""
+    path = result_path(spec, cache_dir)
+    return load_pickle(path)["result"] if path.exists() else None
+
+
+def run(
+    spec: RunSpec,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    checkpoint_every: int = 10,
+    callback=None,
+) -> OuterResult:
+    """The result of `spec`: from the cache if it is there, else computed and cached.
+
+    The computation checkpoints every `checkpoint_every` windows (and when interrupted) next
+    to the result file and resumes from that checkpoint when called again.
+    `callback` is passed to `run_outer`.
+    """
+    path = result_path(spec, cache_dir)
+    cached = load_result(spec, cache_dir)
+    if cached is not None:
+        return cached
+    problem = build_problem(spec, data_dir=data_dir)
+    checkpoint = path.with_suffix(".ckpt")
+    result = run_outer(problem, spec.outer, key=jr.fold_in(jr.key(spec.seed), 1),
+                       progress=progress, desc=spec.label, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, callback=callback)
+    save_pickle(path, {"spec": spec, "result": result,
+                       "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})"})
+    checkpoint.unlink(missing_ok=True)
+    return result
+
+
+def _bench_path(exp: Experiment, cache_dir) -> Path:
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    text = json.dumps([CACHE_VERSION, dataclasses.asdict(exp.bench), jax.default_backend()],
+                      sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return root / exp.profile / exp.name / f"bench-{jax.default_backend()}-{digest}.pkl"
+
+
+def reproduce(
+    name: str,
+    profile: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    cached_only: bool = False,
+) -> dict:
+    """Run (or load) every run of experiment `name` at `profile`.
+
+    **Returns:** `{label: OuterResult}` for run experiments, the benchmark report (a dict,
+    see `run_bench`) for `table3`. With `cached_only`, nothing is computed: missing runs are
+    left out (`table3`: `{}` if not cached).
+    """
+    exp = experiment(name, profile)
+    if exp.bench is not None:
+        path = _bench_path(exp, cache_dir)
+        if path.exists():
+            return load_pickle(path)
+        if cached_only:
+            return {}
+        report = run_bench(exp.bench, progress=progress)
+        save_pickle(path, report)
+        return report
+    results = {}
+    bar = tqdm(exp.runs, desc=f"{name} ({exp.profile})", disable=not progress)
+    for spec in bar:
+        bar.set_postfix_str(spec.label)
+        if cached_only:
+            result = load_result(spec, cache_dir)
+            if result is not None:
+                results[spec.label] = result
+        else:
+            results[spec.label] = run(spec, cache_dir=cache_dir, data_dir=data_dir,
+                                      progress=progress)
+    return results
+
+
+def summary_rows(name: str, results: dict) -> list[dict]:
+    """One row per run: what the CLI prints and the results page tabulates."""
+    if name == "table3":
+        return [{"strategy": s, "seconds": round(v, 2), "paper seconds": PAPER_TABLE3[s]}
+                for s, v in results.get("seconds", {}).items()]
+    rows = []
+    for label, r in results.items():
+        row = {"run": label, "windows": len(r.step),
+               "final test accuracy": (round(float(r.test_accuracy[-1]), 4)
+                                       if len(r.test_accuracy) else float("nan"))}
+        if r.names and not r.names[0].startswith("meta_"):
+            row.update({f"final {n}": float(f"{v:.4g}")
+                        for n, v in zip(r.names, r.hyperparameters[-1] if len(r.step) else [])})
+        if r.config.strategy in ("glocal", "global"):
+            row["fallbacks"] = f"{int(np.sum(r.fallback))}/{len(r.fallback)}"
+        row["seconds"] = round(float(np.sum(r.seconds_window + r.seconds_playout
+                                            + r.seconds_dmd)), 1)
+        if r.stopped:
+            row["stopped"] = r.stopped
+        rows.append(row)
+    return rows

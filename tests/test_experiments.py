@@ -1,0 +1,163 @@
+"""The paper's experiments as configs, their cache, checkpoint/resume, and the CLI."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import glocal_core as gc
+from glocal_core import experiments as ex
+from glocal_core.__main__ import main
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+TINY = gc.OuterConfig("glocal", total_steps=12, tau=4, sigma=3, m=1, eval_every=1)
+
+
+def _tiny(**outer):
+    """The first smoke run of fig2 (LeNet on digits) shortened to three windows of 4 steps."""
+    spec = ex.experiment("fig2", "smoke").runs[0]
+    return dataclasses.replace(spec, outer=dataclasses.replace(TINY, **outer))
+
+
+def _assert_same(a: gc.OuterResult, b: gc.OuterResult):
+    for name, value in a._asdict().items():
+        if name.startswith("seconds"):
+            continue
+        other = getattr(b, name)
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(other, value, err_msg=name)
+        else:
+            assert other == value, name
+
+
+@pytest.mark.parametrize("profile", ex.PROFILES)
+@pytest.mark.parametrize("name", ex.EXPERIMENTS)
+def test_every_experiment_is_well_formed(name, profile):
+    exp = ex.experiment(name, profile)
+    assert exp.profile == profile and exp.description
+    if name == "table3":
+        assert exp.bench is not None and not exp.runs
+        assert (exp.bench == gc.BenchConfig(steps=10_000, tau=100, sigma=80, m=10,
+                                            val_size=6000, train_size=54_000)) == (profile == "full")
+        return
+    labels = [spec.label for spec in exp.runs]
+    assert len(set(labels)) == len(labels)
+    assert len({spec.digest() for spec in exp.runs}) == len(labels)
+    seeds = {spec.seed for spec in exp.runs}
+    names = {spec.data.name for spec in exp.runs}
+    if profile == "smoke":
+        assert seeds == {0} and names == {"digits"}
+        assert all(spec.data.stands_in_for in gc.DATASET_NAMES for spec in exp.runs)
+    else:
+        assert seeds == {0, 1, 2} and names <= set(gc.DATASET_NAMES) - {"digits"}
+        assert all(spec.outer.total_steps == 10_000 and spec.outer.tau == 100
+                   for spec in exp.runs)
+
+
+def test_full_profile_follows_the_paper():
+    fig2 = ex.experiment("fig2", "full").runs
+    lr = {(s.data.name, s.optimizer): dict(s.initial)["learning_rate"] for s in fig2}
+    assert lr[("fashion_mnist", "sgd")] == 0.1
+    assert lr[("mnist", "sgd")] == lr[("kmnist", "sgd")] == 0.01
+    assert {s.outer.strategy for s in fig2} == {"local", "global", "glocal"}
+    table2 = ex.experiment("table2", "full").runs
+    assert {(s.data.name, s.data.imbalance) for s in table2} == set(ex.PAPER_TABLE2)
+    assert all(s.task == "reweighting" and s.model == "wrn" and (s.depth, s.width) == (28, 2)
+               and s.data.val_size == 1000 and s.outer.mode == "reverse" for s in table2)
+    grid = {(s.outer.sigma, s.outer.m) for s in ex.experiment("fig4", "full").runs}
+    assert grid == {(s, m) for s in (20, 50, 80, 100) for m in (1, 5, 10, 20) if m < s}
+
+
+def test_unknown_experiment_and_profile_are_explained(monkeypatch):
+    with pytest.raises(ValueError, match="fig2, fig3"):
+        ex.experiment("fig9", "smoke")
+    with pytest.raises(ValueError, match="smoke, full"):
+        ex.experiment("fig2", "huge")
+    monkeypatch.setenv("GLOCAL_PROFILE", "huge")
+    with pytest.raises(ValueError, match="GLOCAL_PROFILE"):
+        ex.profile_from_env()
+
+
+def test_digest_changes_with_anything_that_changes_the_result():
+    spec = _tiny()
+    assert spec.digest() == _tiny().digest()
+    assert spec.digest() != _tiny(m=2).digest()
+    assert spec.digest() != dataclasses.replace(spec, seed=1).digest()
+    assert spec.digest() != dataclasses.replace(
+        spec, data=dataclasses.replace(spec.data, imbalance=10)).digest()
+
+
+def test_run_is_cached_and_never_recomputed(tmp_path, monkeypatch):
+    spec = _tiny()
+    assert ex.load_result(spec, tmp_path) is None
+    first = ex.run(spec, cache_dir=tmp_path, progress=False)
+    path = ex.result_path(spec, tmp_path)
+    assert path.exists() and not path.with_suffix(".ckpt").exists()
+    assert len(first.step) == 3 and len(first.test_accuracy) == 3
+
+    def never(*args, **kwargs):
+        raise AssertionError("a cached run was recomputed")
+
+    monkeypatch.setattr(ex, "run_outer", never)
+    _assert_same(ex.run(spec, cache_dir=tmp_path, progress=False), first)
+    with pytest.raises(AssertionError, match="recomputed"):
+        ex.run(_tiny(m=2), cache_dir=tmp_path, progress=False)
+
+
+def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
+    spec = _tiny()
+    uninterrupted = ex.run(spec, cache_dir=tmp_path / "a", progress=False)
+
+    def interrupt(s, partial):
+        if s == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.run(spec, cache_dir=tmp_path / "b", progress=False, callback=interrupt)
+    path = ex.result_path(spec, tmp_path / "b")
+    assert path.with_suffix(".ckpt").exists() and not path.exists()
+    windows = []
+    resumed = ex.run(spec, cache_dir=tmp_path / "b", progress=False,
+                     callback=lambda s, partial: windows.append(s))
+    assert windows == [2]
+    assert path.exists() and not path.with_suffix(".ckpt").exists()
+    _assert_same(resumed, uninterrupted)
+
+
+def test_full_specs_run_on_tensorflow_datasets(tmp_path):
+    """The `full` path end to end, on tfds' mock data: the loaders, LeNet and the reweighting
+    problem at q = 385 (shortened, and with LeNet in place of the WideResNet)."""
+    fig2 = next(s for s in ex.experiment("fig2", "full").runs if s.data.name == "kmnist")
+    table2 = ex.experiment("table2", "full").runs[0]
+    table2 = dataclasses.replace(table2, model="lenet", batch_size=8)
+    with tfds.testing.mock_data(num_examples=2500):
+        for spec in (fig2, table2):
+            problem = ex.build_problem(spec, data_dir=tmp_path)
+            outer = dataclasses.replace(spec.outer, total_steps=4, tau=2, sigma=2, m=1)
+            result = gc.run_outer(problem, outer, key=jax.random.key(0), progress=False)
+            assert result.stopped == "" and len(result.step) == 2
+            assert np.all(np.isfinite(result.hypergradient))
+    assert problem.phi0.shape == (385,)
+
+
+def test_missing_dataset_names_the_command_that_prepares_it(tmp_path, capsys):
+    spec = ex.experiment("fig3", "full").runs[0]
+    with pytest.raises(gc.DatasetNotPreparedError, match="python -m glocal_core data prepare"):
+        ex.build_problem(spec, data_dir=tmp_path)
+    code = main(["reproduce", "fig3", "--profile", "full", "--data-dir", str(tmp_path),
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 2
+    assert "data prepare cifar10" in capsys.readouterr().err
+
+
+def test_cli_lists_runs_and_refuses_bad_names(tmp_path, capsys):
+    assert main(["reproduce", "table2", "--profile", "smoke", "--list",
+                 "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("to run") == len(ex.experiment("table2", "smoke").runs)
+    assert main(["reproduce", "fig2", "--profile", "huge"]) == 2
+    assert "smoke, full" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "fig9"])
