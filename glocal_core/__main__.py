@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--val-size", type=int, default=small.val_size,
                        help="validation examples in each hypergradient")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--modes", action="store_true",
+                       help="instead: forward vs reverse mode for data reweighting (q = 385), "
+                            "one window of --tau steps with --sigma recorded")
     bench.add_argument("--json", action="store_true",
                        help="print one JSON line instead of a table")
 

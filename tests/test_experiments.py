@@ -161,3 +161,12 @@ def test_cli_lists_runs_and_refuses_bad_names(tmp_path, capsys):
     assert "smoke, full" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["reproduce", "fig9"])
+
+
+def test_mode_comparison_times_both_modes_on_the_385_parameter_problem():
+    from glocal_core._bench import compare_modes
+
+    report = compare_modes(tau=2, sigma=1, batch_size=2, val_size=4)
+    assert report["q"] == 385
+    assert all(s > 0 for s in report["seconds"].values())
+    assert report["forward/reverse"] == report["seconds"]["forward"] / report["seconds"]["reverse"]
