@@ -1,0 +1,299 @@
+"""Plotting helpers shared by the chapters: one colour per strategy, DMD spectra and modes.
+
+Import it as `import glocal_core.plotting as gplt`; `import glocal_core` does not import it,
+so the library itself needs no matplotlib. Every helper draws on an `Axes` it is given and
+returns it, leaving titles (which name the profile, see `caption`) to the caller:
+
+```python
+fig, ax = plt.subplots()
+plot_eigenvalues(ax, fit, delta=1e-2)
+ax.set(title=f"Hankel DMD eigenvalues ({caption(PROFILE, data.name)})")
+```
+
+The near-one eigenvalues and their modes are drawn in the colour of the `glocal` strategy:
+they are the part of the DMD that the glocal estimate keeps (Eq. 14).
+"""
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.patches as mpatches
+import numpy as np
+from matplotlib.axes import Axes
+
+from ._dmd import DMDFit, _unhankel
+
+# matplotlib's tab10, fixed per strategy so that every figure of the book agrees; local and
+# global keep the orange and green that chapter 2 gives h_tau and h_T.
+STRATEGY_COLORS: dict[str, str] = {
+    "none": "#7f7f7f",
+    "local": "#ff7f0e",
+    "global": "#2ca02c",
+    "glocal": "#d62728",
+}
+# Line widths per strategy, widest first in drawing order, so that where a glocal run fell
+# back in every window and retraces the local run, both lines stay visible.
+STRATEGY_LINEWIDTHS: dict[str, float] = {"none": 1.5, "local": 3.0, "global": 2.2, "glocal": 1.4}
+# Eigenvalues and modes that the glocal estimate drops.
+OTHER_MODES_COLOR = "#1f77b4"
+UNIT_CIRCLE_COLOR = "0.6"
+
+
+def caption(profile: str, data: str | None = None) -> str:
+    """The provenance that every figure title carries, e.g. `"digits; profile smoke"`.
+
+    **Arguments:**
+
+    - `profile`: the `GLOCAL_PROFILE` that produced the figure.
+    - `data`: the dataset's name; `None` for synthetic systems.
+    """
+    return f"{data if data is not None else 'synthetic'}; profile {profile}"
+
+
+def near_one(eigenvalues, delta: float) -> np.ndarray:
+    """The mask `|λ - 1| <= delta` of the eigenvalues that Eq. (14) keeps, as
+    `estimate_steady_state` computes it."""
+    return np.abs(np.asarray(eigenvalues) - 1.0) <= delta
+
+
+def mode_magnitudes(fit: DMDFit, steps, *, component: int | None = None) -> np.ndarray:
+    """`|b_j λ_j^t u_j|` mapped back to hypergradient space: each mode's share of the DMD
+    forecast `t` steps after the window (Eq. 13; the paper's Figure 4, middle).
+
+    Mode `j` contributes `g^{-1}(b_j λ_j^t u_j)` to `forecast(fit, t)`, and its size is
+    `|λ_j|^t` times its size at `t = 0`, so a mode with `|λ_j| < 1` fades geometrically and
+    one with `λ_j = 1` stays put.
+
+    **Arguments:**
+
+    - `fit`: a `DMDFit`.
+    - `steps`: the times `t >= 0` after the window, an int or an array of them.
+    - `component`: the hyperparameter to measure (the paper shows the learning rate's);
+        `None` takes the Euclidean norm over all `q`.
+
+    **Returns:**
+
+    An array `(len(steps), rank)` of non-negative magnitudes (`(rank,)` for a scalar `t`).
+    """
+    per_mode = _unhankel(fit, np.diag(fit.amplitudes), shift=True)  # (rank, q) at t = 0
+    size = np.abs(per_mode[:, component]) if component is not None else np.linalg.norm(
+        per_mode, axis=1
+    )
+    steps = np.asarray(steps)
+    return size * np.abs(fit.eigenvalues) ** steps[..., None]
+
+
+def plot_eigenvalues(ax: Axes, fit_or_eigenvalues, *, delta: float = 1e-2) -> Axes:
+    """DMD eigenvalues against the unit circle, those within `delta` of 1 highlighted
+    (the paper's Figure 4, left).
+
+    The disc `|λ - 1| <= delta` is shaded, so an eigenvalue that just misses it, and hence
+    does not enter the glocal estimate, is visible as such when the caller zooms in with
+    `ax.set(xlim=..., ylim=...)`.
+
+    **Arguments:**
+
+    - `ax`: the axes to draw on; its aspect is set to equal.
+    - `fit_or_eigenvalues`: a `DMDFit` or a complex array of eigenvalues.
+    - `delta`: the tolerance of `estimate_steady_state`.
+    """
+    eigenvalues = np.asarray(
+        fit_or_eigenvalues.eigenvalues if isinstance(fit_or_eigenvalues, DMDFit)
+        else fit_or_eigenvalues
+    )
+    kept = near_one(eigenvalues, delta)
+    ax.add_patch(mpatches.Circle((0, 0), 1, fill=False, color=UNIT_CIRCLE_COLOR, lw=1))
+    ax.add_patch(mpatches.Circle((1, 0), delta, color=STRATEGY_COLORS["glocal"], alpha=0.15,
+                                 lw=0, label=rf"$|\lambda - 1| \leq \delta = {delta:g}$"))
+    ax.axhline(0, color=UNIT_CIRCLE_COLOR, lw=0.5)
+    ax.axvline(0, color=UNIT_CIRCLE_COLOR, lw=0.5)
+    ax.plot(eigenvalues[~kept].real, eigenvalues[~kept].imag, "o", ms=5, mfc="none",
+            color=OTHER_MODES_COLOR, label=f"other ({np.sum(~kept)})")
+    ax.plot(eigenvalues[kept].real, eigenvalues[kept].imag, "o", ms=7,
+            color=STRATEGY_COLORS["glocal"], label=f"near 1, kept ({np.sum(kept)})")
+    radius = max(1.0, float(np.max(np.abs(eigenvalues), initial=0.0)))
+    ax.set(xlim=(-1.1 * radius, 1.1 * radius), ylim=(-1.1 * radius, 1.1 * radius),
+           xlabel=r"Re $\lambda$", ylabel=r"Im $\lambda$")
+    ax.set_aspect("equal")
+    return ax
+
+
+def plot_mode_decay(
+    ax: Axes,
+    fit: DMDFit,
+    steps,
+    *,
+    delta: float = 1e-2,
+    component: int | None = None,
+    decades: float = 8,
+) -> Axes:
+    """Each mode's magnitude `|b_j λ_j^t u_j|` over `t`, log scale (the paper's Figure 4,
+    middle); modes with `|λ_j - 1| <= delta` in the glocal colour, the others in blue.
+
+    **Arguments:**
+
+    - `ax`: the axes to draw on.
+    - `fit`: a `DMDFit`.
+    - `steps`: the times after the window, e.g. `np.arange(T - tau + 1)`.
+    - `delta`: the tolerance of `estimate_steady_state`.
+    - `component`: as in `mode_magnitudes`.
+    - `decades`: the y axis spans at most this many decades below the largest magnitude;
+        what has decayed further no longer matters to any estimate.
+    """
+    steps = np.asarray(steps)
+    magnitudes = mode_magnitudes(fit, steps, component=component)
+    kept = near_one(fit.eigenvalues, delta)
+    for j in np.argsort(kept, kind="stable"):  # kept modes last, on top
+        color = STRATEGY_COLORS["glocal"] if kept[j] else OTHER_MODES_COLOR
+        ax.plot(steps, magnitudes[:, j], color=color, lw=1.5 if kept[j] else 0.8,
+                alpha=1.0 if kept[j] else 0.6)
+    ax.plot([], [], color=STRATEGY_COLORS["glocal"], label=rf"$|\lambda_j - 1| \leq {delta:g}$")
+    ax.plot([], [], color=OTHER_MODES_COLOR, alpha=0.6, label="other modes")
+    ax.set_yscale("log")
+    positive = magnitudes[magnitudes > 0]
+    if positive.size:
+        top = positive.max()
+        ax.set_ylim(max(positive.min(), top * 10.0**-decades) / 2, top * 2)
+    ax.set(xlabel="steps $t$ after the window", ylabel=r"$|b_j \lambda_j^t u_j|$")
+    return ax
+
+
+def plot_hypergradients(
+    ax: Axes,
+    names: Sequence[str],
+    values: Mapping[str, np.ndarray],
+    *,
+    reference: str = "global",
+) -> Axes:
+    """Hypergradients of several strategies side by side, one group of bars per
+    hyperparameter, each divided by `|values[reference]|` of that hyperparameter so that
+    hyperparameters of very different scales share one axis (the reference bars are ±1).
+
+    **Arguments:**
+
+    - `ax`: the axes to draw on.
+    - `names`: the hyperparameters' names, in the order of the vectors.
+    - `values`: strategy name (a key of `STRATEGY_COLORS`) to a `(q,)` hypergradient.
+    - `reference`: the strategy to divide by.
+    """
+    scale = np.abs(np.asarray(values[reference], dtype=float))
+    scale = np.where(scale > 0, scale, 1.0)
+    width = 0.8 / len(values)
+    x = np.arange(len(names))
+    for i, (strategy, value) in enumerate(values.items()):
+        ax.bar(x + (i - (len(values) - 1) / 2) * width, np.asarray(value) / scale, width,
+               color=STRATEGY_COLORS[strategy], label=strategy)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(x, labels=list(names))
+    ax.set(ylabel=f"hypergradient / |{reference}|")
+    return ax
+
+
+# --- the reproduction chapters: mean ± std over seeds, per strategy -------------------------
+
+
+def plot_mean_std(
+    ax: Axes,
+    x,
+    mean,
+    std,
+    strategy: str,
+    *,
+    label: str | None = None,
+    marker: str | None = None,
+    steps: bool = False,
+) -> Axes:
+    """A mean curve in the strategy's colour and line width with a band of ± one std (over
+    seeds).
+
+    **Arguments:**
+
+    - `ax`: the axes to draw on.
+    - `x`, `mean`, `std`: `(n,)` arrays; NaN entries are left out.
+    - `strategy`: a key of `STRATEGY_COLORS`.
+    - `label`: the legend entry (default: none).
+    - `marker`: a matplotlib marker for the points, e.g. for sparse evaluations.
+    - `steps`: draw a staircase, each value held until the next `x` (`steps-post`).
+    """
+    x, mean, std = (np.asarray(a, dtype=float) for a in (x, mean, std))
+    color, lw = STRATEGY_COLORS[strategy], STRATEGY_LINEWIDTHS[strategy]
+    ax.plot(x, mean, color=color, lw=lw, label=label, marker=marker, ms=2 + 1.5 * lw,
+            drawstyle="steps-post" if steps else "default")
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0,
+                    step="post" if steps else None)
+    return ax
+
+
+def plot_transitions(ax: Axes, steps, mean, std, strategy: str, *,
+                     label: str | None = None) -> Axes:
+    """A hyperparameter over inner steps as a staircase (held fixed within each window of τ
+    steps), mean ± std over seeds, in the strategy's colour (the paper's Figures 2 and 3).
+
+    **Arguments:**
+
+    - `ax`: the axes to draw on.
+    - `steps`: window edges `0, τ, …, T`; `mean[i]` is used on `[steps[i], steps[i+1])`.
+    - `mean`, `std`: `(n,)` arrays.
+    - `strategy`: a key of `STRATEGY_COLORS`.
+    - `label`: the legend entry (default: none).
+    """
+    return plot_mean_std(ax, steps, mean, std, strategy, label=label, steps=True)
+
+
+def plot_stops(ax: Axes, steps, strategy: str) -> Axes:
+    """A dotted vertical line in the strategy's colour at each step where a run stopped
+    early (`OuterResult.stopped`), so a curve that ends there is read as a divergence."""
+    for step in np.asarray(steps, dtype=float).ravel():
+        ax.axvline(step, color=STRATEGY_COLORS[strategy], ls=":", lw=1.2)
+    return ax
+
+
+def plot_fallbacks(ax: Axes, steps, spectral_radius, fallback, strategy: str = "glocal", *,
+                   label: str | None = None) -> Axes:
+    """The DMD's spectral radius per window, windows where the estimate fell back to the
+    local hypergradient marked with a cross, and the unit circle's radius as a line.
+
+    **Arguments:**
+
+    - `ax`: the axes to draw on.
+    - `steps`, `spectral_radius`, `fallback`: `(S,)` arrays of one run (`OuterResult`).
+    - `strategy`: whose colour to use.
+    - `label`: the legend entry of the line (default: none).
+    """
+    steps, radius = np.asarray(steps, dtype=float), np.asarray(spectral_radius, dtype=float)
+    fallback = np.asarray(fallback, dtype=bool)
+    color = STRATEGY_COLORS[strategy]
+    ax.plot(steps, radius, color=color, lw=1, marker=".", ms=4, label=label)
+    ax.plot(steps[fallback], radius[fallback], "x", color=color, ms=8, mew=1.5)
+    ax.axhline(1.0, color=UNIT_CIRCLE_COLOR, lw=1, ls="--")
+    ax.set(xlabel="inner step", ylabel="spectral radius of the DMD")
+    return ax
+
+
+def plot_runtime(ax: Axes, ours: Mapping[str, float], paper: Mapping[str, float], *,
+                 reference: str = "none") -> Axes:
+    """Run time of each strategy relative to `reference`, ours (filled bars) beside the
+    paper's (hatched), on a log axis, each bar labelled with its ratio (Table 3). Draws its
+    own legend (ours / paper).
+
+    **Arguments:**
+
+    - `ax`: the axes to draw on.
+    - `ours`, `paper`: strategy (a key of `STRATEGY_COLORS`) to seconds.
+    - `reference`: the strategy everything is divided by.
+    """
+    strategies = [s for s in STRATEGY_COLORS if s in ours and s in paper]
+    x = np.arange(len(strategies))
+    for offset, seconds, hatch, alpha in ((-0.2, ours, None, 1.0), (0.2, paper, "//", 0.45)):
+        ratios = np.array([seconds[s] / seconds[reference] for s in strategies])
+        bars = ax.bar(x + offset, ratios, 0.38, color=[STRATEGY_COLORS[s] for s in strategies],
+                      alpha=alpha, hatch=hatch, edgecolor="k", lw=0.5)
+        ax.bar_label(bars, labels=[f"{r:.3g}" for r in ratios], fontsize=8)
+    ax.legend(handles=[
+        mpatches.Patch(facecolor="0.5", edgecolor="k", lw=0.5, label="ours"),
+        mpatches.Patch(facecolor="0.5", alpha=0.45, hatch="//", edgecolor="k", lw=0.5,
+                       label="paper"),
+    ])
+    ax.set_yscale("log")
+    ax.set_xticks(x, labels=strategies)
+    ax.set(ylabel=f"run time / run time of {reference!r}")
+    return ax
