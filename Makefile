@@ -40,7 +40,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
 
 notebooks: $(STAMP)
-	GLOCAL_PROFILE=smoke $(BIN)/python -m pytest --nbmake --nbmake-timeout=1200 notebooks
+	GLOCAL_PROFILE=smoke $(BIN)/python -m pytest --nbmake --nbmake-timeout=3600 notebooks
 
 book-strict: $(STAMP)
 	GLOCAL_PROFILE=smoke GLOCAL_STATIC_WIDGETS=1 $(BIN)/jupyter-book build . -n -W --keep-going

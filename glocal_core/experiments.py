@@ -29,8 +29,8 @@ Where the paper leaves a setting open, we chose:
   optimizer hyperparameters; on 385 unbounded weights it moves every weight by about 0.1 per
   outer step, which saturates μ_φ within a few steps (measured: the smoke runs stopped
   learning at chance accuracy).
-- `smoke`: digits with initial lr 0.01 for every stand-in (lr 0.1 with momentum 0.9 diverges
-  on digits within 50 steps); WideResNet-10-1 with batch 32 for fig3; reweighting with LeNet
+- `smoke`: digits with initial lr 0.01 for the LeNet stand-ins (lr 0.1 with momentum 0.9
+  diverges there within 50 steps); WideResNet-10-1 with batch 32 for fig3, from lr 0.1; reweighting with LeNet
   (batch 32) on digits at f = 50 and 100 (CIFAR-10's rows; digits has no 100-class
   stand-in), because σ backward passes through a WideResNet cost minutes per window on a CPU.
 """

@@ -17,6 +17,7 @@ they are the part of the DMD that the glocal estimate keeps (Eq. 14).
 from collections.abc import Mapping, Sequence
 
 import matplotlib.patches as mpatches
+import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.axes import Axes
 
@@ -191,6 +192,23 @@ def plot_hypergradients(
 # --- the reproduction chapters: mean ± std over seeds, per strategy -------------------------
 
 
+class _PlainLogFormatter(mticker.LogFormatter):
+    # matplotlib's choice of which log ticks to label, written as 0.6 rather than 6e-01
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def log_axis(ax: Axes, axis: str = "y") -> Axes:
+    """A logarithmic `axis` (`"x"` or `"y"`) labelled with plain numbers (0.6, 2, 30), minor
+    ticks included where the axis spans few decades, instead of powers of ten."""
+    getattr(ax, f"set_{axis}scale")("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(_PlainLogFormatter())
+    target.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False,
+                                                  minor_thresholds=(2, 0.5)))
+    return ax
+
+
 def plot_mean_std(
     ax: Axes,
     x,
@@ -249,8 +267,8 @@ def plot_stops(ax: Axes, steps, strategy: str) -> Axes:
 
 def plot_fallbacks(ax: Axes, steps, spectral_radius, fallback, strategy: str = "glocal", *,
                    label: str | None = None) -> Axes:
-    """The DMD's spectral radius per window, windows where the estimate fell back to the
-    local hypergradient marked with a cross, and the unit circle's radius as a line.
+    """The DMD's spectral radius per window (log scale), windows where the estimate fell back
+    to the local hypergradient marked with a cross, and the unit circle's radius as a line.
 
     **Arguments:**
 
@@ -265,6 +283,7 @@ def plot_fallbacks(ax: Axes, steps, spectral_radius, fallback, strategy: str = "
     ax.plot(steps, radius, color=color, lw=1, marker=".", ms=4, label=label)
     ax.plot(steps[fallback], radius[fallback], "x", color=color, ms=8, mew=1.5)
     ax.axhline(1.0, color=UNIT_CIRCLE_COLOR, lw=1, ls="--")
+    log_axis(ax)  # radii far above one occur, and the interesting ones are near it
     ax.set(xlabel="inner step", ylabel="spectral radius of the DMD")
     return ax
 
