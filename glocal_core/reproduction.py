@@ -44,6 +44,7 @@ from . import experiments as ex
 from .experiments import PAPER_TABLE2, PAPER_TABLE3, DataSpec, Experiment
 from ._models import MetaMLP
 from ._outer import OuterResult
+from .analysis import relative_error as relative_error
 
 DATASET_TITLES = {
     "digits": "digits",
@@ -239,12 +240,6 @@ def accuracy_curve(runs: Sequence[OuterResult]) -> Curve:
 def loss_curve(runs: Sequence[OuterResult], field: str = "val_loss") -> Curve:
     """`val_loss` or `train_loss` at the end of each window, mean ± std over seeds."""
     return mean_std([r.step for r in runs], [getattr(r, field) for r in runs])
-
-
-def relative_error(estimate, target) -> np.ndarray:
-    """`‖estimate − target‖ / ‖target‖` per row (chapter 3's error e)."""
-    estimate, target = np.asarray(estimate, float), np.asarray(target, float)
-    return np.linalg.norm(estimate - target, axis=-1) / np.linalg.norm(target, axis=-1)
 
 
 def hypergradient_errors(global_runs: Sequence[OuterResult]) -> dict[str, Curve]:
