@@ -20,9 +20,29 @@ else
 BOOK_OUT := _build/profiles/$(GLOCAL_PROFILE)
 endif
 
-.PHONY: install book test unit notebooks book-strict browser lab bench reproduce data clean
+.PHONY: install data-check book test unit notebooks book-strict browser lab bench reproduce data clean
 
 install: $(STAMP)
+
+# The smoke profile trains on the real Fashion-MNIST, from the IDX files of Debian's
+# dataset-fashion-mnist (or $$GLOCAL_FASHION_MNIST_DIR). Checked first, before any long work:
+# installed here when apt-get is available and we are root, otherwise one line says what to do.
+FASHION_MNIST_DIR := $(or $(GLOCAL_FASHION_MNIST_DIR),/usr/share/datasets/fashion-mnist)
+FASHION_MNIST_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
+have_fashion_mnist = for f in $(FASHION_MNIST_FILES); do \
+	[ -f "$(FASHION_MNIST_DIR)/$$f.gz" ] || [ -f "$(FASHION_MNIST_DIR)/$$f" ] || exit 1; done
+
+data-check:
+	@if ( $(have_fashion_mnist) ); then exit 0; fi; \
+	if [ -z "$(GLOCAL_FASHION_MNIST_DIR)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's dataset-fashion-mnist (the real Fashion-MNIST, 30 MB)"; \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; \
+	fi; \
+	if ! ( $(have_fashion_mnist) ); then \
+		echo "error: Fashion-MNIST is not in $(FASHION_MNIST_DIR). Run 'sudo apt-get install dataset-fashion-mnist', or put the four IDX files (https://github.com/zalandoresearch/fashion-mnist/tree/master/data/fashion) in a folder and set GLOCAL_FASHION_MNIST_DIR to it." >&2; \
+		exit 1; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +50,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The static book has no kernel: widgets render as self-contained HTML (glocal_core.widgets).
-book: $(STAMP)
+book: data-check $(STAMP)
 	GLOCAL_STATIC_WIDGETS=1 $(BIN)/jupyter-book build . --path-output $(BOOK_OUT)
 	@echo "Book: $(BOOK_OUT)/_build/html/index.html"
 
-test: unit notebooks book-strict browser
+test: data-check unit notebooks book-strict browser
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests

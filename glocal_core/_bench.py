@@ -22,7 +22,7 @@ import numpy as np
 
 from ._hypergrad import track_forward, track_reverse, warm_up, zero_tangents
 from ._hyperparams import sgd
-from ._models import LeNet, MetaMLP
+from ._models import MLP, LeNet, MetaMLP
 from ._outer import STRATEGIES, OuterConfig, run_outer
 from ._problems import classification_problem, reweighting_problem
 
@@ -32,7 +32,8 @@ PAPER_SECONDS = {"none": 11.4, "local": 58.2, "global": 2891.2, "glocal": 58.3}
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """**Fields:** `steps` (T), `tau`, `sigma`, `m`, `batch_size`, `val_size` (validation
-    examples in ℓ̃), `train_size`, `seed`.
+    examples in ℓ̃), `train_size`, `seed`, `model` (`lenet`, the paper's, or `mlp`, the
+    784-32-10 stand-in of the smoke profile).
 
     The defaults keep the σ/τ and m/σ proportions of the paper at a size that runs in a few
     CPU minutes; `PAPER` is the paper's workload (MNIST's 10% hold-out has 6000 examples).
@@ -46,6 +47,7 @@ class BenchConfig:
     val_size: int = 256
     train_size: int = 4096
     seed: int = 0
+    model: str = "lenet"
 
 
 PAPER = BenchConfig(steps=10_000, tau=100, sigma=80, m=10, val_size=6000, train_size=54_000)
@@ -69,8 +71,11 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict:
     def images(k, n):
         return jax.random.normal(k, (n, 28, 28, 1)), jax.random.randint(k, (n,), 0, 10)
 
+    if config.model not in ("lenet", "mlp"):
+        raise ValueError(f"BenchConfig.model={config.model!r}: choose 'lenet' or 'mlp'.")
+    model = LeNet(key=k_model) if config.model == "lenet" else MLP(key=k_model)
     problem = classification_problem(
-        LeNet(key=k_model), images(k_train, config.train_size), images(k_val, config.val_size),
+        model, images(k_train, config.train_size), images(k_val, config.val_size),
         images(k_test, 1000), sgd(0.1, 0.9, 1e-4), batch_size=config.batch_size,
     )
     seconds, compile_seconds, dmd_ms = {}, {}, None

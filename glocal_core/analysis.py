@@ -415,13 +415,15 @@ def provenance(exp: Experiment) -> str:
     benchmark, its workload."""
     if exp.bench is not None:
         b = exp.bench
-        return (f"profile {exp.profile} · LeNet on random 28×28 images (run time does not "
+        model = "MLP 784-32-10" if b.model == "mlp" else "LeNet"
+        return (f"profile {exp.profile} · {model} on random 28×28 images (run time does not "
                 f"depend on pixel values) · T = {b.steps}, τ = {b.tau}, σ = {b.sigma}, "
                 f"m = {b.m}, batch {b.batch_size}, validation {b.val_size}")
     data = ", ".join(dict.fromkeys(
         f"{s.data.name} (standing in for {s.data.stands_in_for})" if s.data.stands_in_for
         else s.data.name for s in exp.runs))
-    parts = [f"profile {exp.profile}", f"data: {data}"]
+    models = ", ".join(dict.fromkeys(s.model_title for s in exp.runs))
+    parts = [f"profile {exp.profile}", f"data: {data}", f"model: {models}"]
     for field, symbol in (("total_steps", "T"), ("tau", "τ"), ("sigma", "σ"), ("m", "m")):
         values = sorted({getattr(s.outer, field) for s in exp.runs})
         parts.append(f"{symbol} = {values[0]}" if len(values) == 1

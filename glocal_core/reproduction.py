@@ -131,12 +131,19 @@ class Panel(NamedTuple):
 
     data: DataSpec
     task: str  # "sgd", "adam" or "reweighting"
+    model: str = ""  # RunSpec.model_title; "" leaves it out of the title
 
     @property
     def title(self) -> str:
-        """E.g. `"digits (stand-in for MNIST), SGD"`."""
+        """E.g. `"Fashion-MNIST, MLP 784-32-10, SGD"`."""
         task = "" if self.task == "reweighting" else f", {TASK_TITLES.get(self.task, self.task)}"
-        return describe_data(self.data) + task
+        model = f", {self.model}" if self.model else ""
+        return describe_data(self.data) + model + task
+
+
+def _panel(spec) -> Panel:
+    return Panel(spec.data, spec.optimizer if spec.task == "hpo" else spec.task,
+                 spec.model_title)
 
 
 def group_runs(
@@ -159,7 +166,7 @@ def group_runs(
     for spec in exp.runs:
         if spec.label not in results:
             continue
-        panel = Panel(spec.data, spec.optimizer if spec.task == "hpo" else spec.task)
+        panel = _panel(spec)
         groups.setdefault(panel, {}).setdefault(spec.outer.strategy, []).append(
             results[spec.label]
         )
@@ -344,9 +351,8 @@ def setup_table(exp: Experiment) -> Table:
     learning rate and the batch size."""
     rows: dict[Panel, list] = {}
     for spec in exp.runs:
-        panel = Panel(spec.data, spec.optimizer if spec.task == "hpo" else spec.task)
-        model = ("LeNet" if spec.model == "lenet"
-                 else f"WideResNet-{spec.depth}-{spec.width}")
+        panel = _panel(spec)
+        model = spec.model_title
         if spec.task == "hpo":
             inner = TASK_TITLES[spec.optimizer] + ": " + ", ".join(
                 f"{HYPERPARAMETER_TITLES.get(n, n)} {v:g}" + ("*" if n in spec.learn else "")

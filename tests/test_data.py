@@ -1,3 +1,5 @@
+import gzip
+import os
 import sys
 
 import jax
@@ -210,7 +212,6 @@ def test_sample_batch():
     assert isinstance(data.images, jax.Array)
     x, y = _data.sample_batch(data.images, data.labels, jr.key(0), 16)
     assert x.shape == (16, 2, 2, 1) and y.shape == (16,)
-    assert len(set(y.tolist())) == 16  # without replacement
     np.testing.assert_array_equal(x[:, 0, 0, 0], y.astype(jnp.float32))  # pairs kept
     x2, y2 = jax.jit(_data.sample_batch, static_argnums=3)(data.images, data.labels, jr.key(0), 16)
     np.testing.assert_array_equal(y, y2)
@@ -224,7 +225,125 @@ def test_sample_batch():
     assert ys.shape == (3, 8)
 
 
+def test_sample_batch_is_uniform():
+    # 200 batches of 25 from 10 examples: every count near 500 (binomial sd ≈ 21).
+    labels = jnp.arange(10, dtype=jnp.int32)
+    images = jnp.zeros((10, 1, 1, 1))
+    draw = jax.vmap(lambda k: _data.sample_batch(images, labels, k, 25)[1])
+    counts = np.bincount(np.asarray(draw(jr.split(jr.key(3), 200))).ravel(), minlength=10)
+    assert counts.sum() == 5000
+    assert np.all(np.abs(counts - 500) < 100), counts
+
+
 def test_to_device_splits(digits):
     on_device = _data.to_device(digits)
     assert isinstance(on_device.val.images, jax.Array)
     assert on_device.name == "digits" and on_device.image_shape == digits.image_shape
+
+
+# --- Fashion-MNIST from its IDX files ---------------------------------------------------
+
+REQUIRE_DATA = os.environ.get("GLOCAL_REQUIRE_DATA") == "1"
+needs_fashion_mnist = pytest.mark.skipif(
+    not _data.has_fashion_mnist_idx() and not REQUIRE_DATA,
+    reason=f"Fashion-MNIST's IDX files are not in {_data.fashion_mnist_dir()}: "
+           "`apt-get install dataset-fashion-mnist` (CI installs it and sets GLOCAL_REQUIRE_DATA=1)",
+)
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist():
+    return _data.load_dataset("fashion_mnist", seed=0)
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_real_files(fashion_mnist):
+    s = fashion_mnist
+    assert s.name == "fashion_mnist" and s.num_classes == 10 and s.image_shape == (28, 28, 1)
+    assert len(s.train.labels) + len(s.val.labels) == 60_000
+    assert len(s.val.labels) == 6_000 and len(s.test.labels) == 10_000
+    # The original files are class-balanced: 6,000 training and 1,000 test images per class.
+    np.testing.assert_array_equal(
+        np.bincount(np.concatenate([s.train.labels, s.val.labels]), minlength=10), 6_000)
+    np.testing.assert_array_equal(np.bincount(s.test.labels, minlength=10), 1_000)
+    for part in (s.train, s.val, s.test):
+        assert part.images.shape[1:] == (28, 28, 1) and part.images.dtype == np.float32
+        assert part.labels.dtype == np.int32
+    # Normalised with the training statistics: mean ≈ 0 and std ≈ 1.
+    assert abs(float(s.train.images.mean())) < 0.01
+    assert abs(float(s.train.images.std()) - 1) < 0.01
+    assert not _rows(s.train.images[:2000]) & _rows(s.val.images)
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_holdout_is_seeded(fashion_mnist):
+    again = _data.load_fashion_mnist(seed=0)
+    other = _data.load_fashion_mnist(seed=1, val_size=1000)
+    np.testing.assert_array_equal(again.val.labels, fashion_mnist.val.labels)
+    np.testing.assert_array_equal(again.val.images[:50], fashion_mnist.val.images[:50])
+    assert len(other.val.labels) == 1000
+    assert not np.array_equal(other.val.images[:50], fashion_mnist.val.images[:50])
+
+
+def _write_idx(path, array, *, gz=True, cut=0):
+    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    raw = (header + array.astype(np.uint8).tobytes())[: -cut or None]
+    (gzip.open if gz else open)(path, "wb").write(raw)
+    return path
+
+
+def _fake_fashion_mnist(folder, *, n_train=60_000, n_test=10_000):
+    rng = np.random.default_rng(0)
+    for split, (images, labels, count) in _data.FASHION_MNIST_FILES.items():
+        n = n_train if split == "train" else n_test
+        _write_idx(folder / f"{images}.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{labels}.gz", np.arange(n) % 10)
+
+
+def test_read_idx_round_trip(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    for gz in (True, False):
+        path = _write_idx(tmp_path / ("a.gz" if gz else "a"), array, gz=gz)
+        np.testing.assert_array_equal(_data.read_idx(path), array)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad magic", "bad gzip", "empty"])
+def test_read_idx_corrupt_names_the_file(tmp_path, damage):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    array = np.zeros((3, 28, 28))
+    if damage == "truncated":
+        _write_idx(path, array, cut=5)
+    elif damage == "bad magic":
+        raw = bytes([0, 0, 0x0D, 3]) + np.asarray(array.shape, ">u4").tobytes()
+        gzip.open(path, "wb").write(raw + bytes(3 * 28 * 28 * 4))
+    elif damage == "bad gzip":
+        _write_idx(path, array)
+        path.write_bytes(path.read_bytes()[:-20])
+    else:
+        gzip.open(path, "wb").write(b"")
+    with pytest.raises(_data.CorruptDatasetError, match="train-images-idx3-ubyte.gz"):
+        _data.read_idx(path)
+
+
+def test_fashion_mnist_wrong_count_is_an_error(tmp_path):
+    _fake_fashion_mnist(tmp_path, n_test=9_999)
+    with pytest.raises(_data.CorruptDatasetError, match="t10k-images-idx3-ubyte"):
+        _data.load_fashion_mnist(directory=tmp_path)
+
+
+def test_fashion_mnist_env_directory(tmp_path, monkeypatch):
+    _fake_fashion_mnist(tmp_path, n_train=60_000, n_test=10_000)
+    monkeypatch.setenv(_data.FASHION_MNIST_ENV, str(tmp_path))
+    splits = _data.load_dataset("fashion_mnist", seed=0, val_size=600)
+    assert len(splits.val.labels) == 600 and len(splits.train.labels) == 59_400
+    assert len(splits.test.labels) == 10_000
+
+
+def test_fashion_mnist_missing_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv(_data.FASHION_MNIST_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(_data.DatasetNotPreparedError) as err:
+        _data.load_dataset("fashion_mnist")
+    text = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in text
+    assert _data.FASHION_MNIST_ENV in text and "t10k-images-idx3-ubyte.gz" in text
+    assert _data.FASHION_MNIST_URL in text

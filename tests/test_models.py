@@ -114,3 +114,17 @@ def test_metamlp_output_in_unit_interval():
     assert jnp.all((weights > 0) & (weights < 1))
     assert meta(jnp.array(0.7)).shape == ()
     assert jnp.allclose(weights[0, 2], meta(2.3))
+
+
+def test_mlp_parameter_count_and_forward():
+    from glocal_core import MLP
+
+    mlp = MLP(key=jr.key(0))
+    assert count_parameters(mlp) == 784 * 32 + 32 + 32 * 10 + 10 == 25_450
+    x = jr.normal(jr.key(1), (28, 28, 1))
+    logits = mlp(x)
+    assert logits.shape == (10,)
+    # It reads the image flattened: the same pixels in another layout give the same logits.
+    np.testing.assert_allclose(mlp(x.reshape(784)), logits, rtol=1e-6)
+    hidden = jax.nn.leaky_relu(mlp.hidden.weight @ x.reshape(784) + mlp.hidden.bias)
+    np.testing.assert_allclose(logits, mlp.head.weight @ hidden + mlp.head.bias, rtol=1e-5)

@@ -104,10 +104,11 @@ def test_group_runs_follows_the_experiment():
     groups = rep.group_runs(exp, results)
     panels = list(groups)
     assert [p.task for p in panels] == ["sgd", "adam"]
-    assert panels[0].title == "digits (stand-in for MNIST), SGD"
+    assert panels[0].title == "Fashion-MNIST, MLP 784-32-10, SGD"
+    seeds = len({spec.seed for spec in exp.runs})
     for runs in groups.values():
         assert list(runs) == ["local", "glocal"]  # global is not in the results
-        assert all(len(r) == 1 for r in runs.values())
+        assert all(len(r) == seeds for r in runs.values())
 
 
 def test_describe_data_names_the_stand_in():
