@@ -73,8 +73,8 @@ SMOKE_STEPS = 4000
 _SMALL_WINDOW = dict(tau=10, sigma=8, m=3)
 
 DESCRIPTIONS = {
-    "fig2": "LeNet: SGD (lr, momentum, wd) and Adam (lr, β1, β2); local / global / glocal "
-            "(Sec. 4.1, Figures 2, C.1–C.3)",
+    "fig2": "LeNet (at smoke an MLP): SGD (lr, momentum, wd) and Adam (lr, β1, β2); "
+            "local / global / glocal (Sec. 4.1, Figures 2, C.1–C.3)",
     "fig3": "WideResNet-28-2 on CIFAR-10/100: SGD lr and wd; local vs glocal (Figures 3, C.4)",
     "table2": "data reweighting on imbalanced CIFAR with a 385-parameter meta network "
               "(Sec. 4.2, Table 2)",

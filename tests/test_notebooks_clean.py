@@ -61,3 +61,18 @@ def test_toc_files_exist():
         if not any((ROOT / f"{entry}{suffix}").is_file() for suffix in (".md", ".ipynb"))
     ]
     assert not absent, f"_toc.yml lists files that do not exist: {absent}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_has_one_cell_timeout_for_nbmake_and_the_book(path):
+    # A hung cell must fail within a small multiple of its measured time, in `make test`
+    # (nbmake reads metadata.execution.timeout) and in `make book` (myst-nb reads
+    # metadata.mystnb.execution_timeout), never after the hour a global default would allow.
+    metadata = json.loads(path.read_text(encoding="utf-8"))["metadata"]
+    nbmake = metadata.get("execution", {}).get("timeout")
+    book = metadata.get("mystnb", {}).get("execution_timeout")
+    assert isinstance(nbmake, int) and nbmake == book, (
+        f"{path.name}: set metadata.execution.timeout and metadata.mystnb.execution_timeout "
+        f"to the same per-cell limit in seconds (found {nbmake} and {book})"
+    )
+    assert 60 <= nbmake <= 1800, f"{path.name}: a per-cell timeout of {nbmake} s"
