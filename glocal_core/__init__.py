@@ -22,9 +22,14 @@ from ._dmd import DMDFit as DMDFit
 from ._dmd import SteadyState as SteadyState
 from ._dmd import estimate_steady_state as estimate_steady_state
 from ._dmd import forecast as forecast
-from ._dmd import glocal_estimate as glocal_estimate
 from ._dmd import hankel as hankel
+from ._dmd import FALLBACK_KINDS as FALLBACK_KINDS
 from ._dmd import hankel_dmd as hankel_dmd
+from ._estimators import DEFAULT_METHOD as DEFAULT_METHOD
+from ._estimators import METHODS as METHODS
+from ._estimators import Estimate as Estimate
+from ._estimators import glocal_estimate as glocal_estimate
+from ._estimators import steady_state as steady_state
 from ._hypergrad import Window as Window
 from ._hypergrad import playout as playout
 from ._hypergrad import track_forward as track_forward

@@ -1,4 +1,4 @@
-"""`python -m glocal_core {reproduce,bench,data}`: the command line."""
+"""`python -m glocal_core {reproduce,bench,fidelity,data}`: the command line."""
 
 import argparse
 import sys
@@ -30,6 +30,21 @@ def _parser() -> argparse.ArgumentParser:
                                 "~/tensorflow_datasets)")
     reproduce.add_argument("--list", action="store_true",
                            help="list the runs and whether each is cached; run nothing")
+
+    fidelity = commands.add_parser(
+        "fidelity", help="score every steady-state estimator against the true global "
+                         "hypergradient (records the trajectories once, cached)",
+        description="Records global runs that keep every window's hypergradients (SGD and "
+                    "Adam, Z reset and carried, phi moving and fixed; experiment 'fidelity'), "
+                    "then re-fits every estimator to every window and scores it against h_T: "
+                    "median relative error and cosine, sign agreement, share of windows "
+                    "closer than the local hypergradient, fallback rate, time per estimate.",
+    )
+    fidelity.add_argument("--profile", default=None,
+                          help="smoke or full; default: $GLOCAL_PROFILE, else smoke")
+    fidelity.add_argument("--cache-dir", default=None, help="as for reproduce")
+    fidelity.add_argument("--data-dir", default=None, help="as for reproduce")
+    fidelity.add_argument("--json", action="store_true", help="print one JSON line")
 
     bench = commands.add_parser(
         "bench", help="time none / local / global / glocal on the LeNet workload (Table 3)"
@@ -91,10 +106,42 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _fidelity(args) -> int:
+    import json
+
+    from . import analysis as ga
+    from . import experiments as ex
+    from ._data import DatasetNotPreparedError
+    from ._estimators import DEFAULT_METHOD
+
+    try:
+        profile = args.profile or ex.profile_from_env()
+        exp = ex.experiment("fidelity", profile)
+        results = ex.reproduce("fidelity", profile, cache_dir=args.cache_dir,
+                               data_dir=args.data_dir, progress=not args.json)
+    except (DatasetNotPreparedError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rows = ga.fidelity_rows(exp, results)
+    best = {r["recording"]: ga.best_estimator(rows, r["recording"]) for r in rows}
+    if args.json:
+        print(json.dumps({"profile": profile, "default": DEFAULT_METHOD, "best": best,
+                          "rows": rows}))
+        return 0
+    print(ga.provenance(exp))
+    print(ga.markdown_table(ga.format_fidelity(rows)))
+    for recording, method in best.items():
+        print(f"closest to h_T on {recording}: {method}")
+    print(f"library default (glocal_core.DEFAULT_METHOD): {DEFAULT_METHOD}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "reproduce":
         return _reproduce(args)
+    if args.command == "fidelity":
+        return _fidelity(args)
     if args.command == "bench":
         from ._bench import main as bench_main
 

@@ -16,6 +16,7 @@ no worse than the first block (it does not average noise away: the mode is alrea
 from typing import NamedTuple
 
 import numpy as np
+import scipy.linalg
 
 # A singular value below `rtol * s_max` is round-off, not dynamics. 1e-6 sits above float32
 # round-off (hypergradients computed on a GPU arrive with relative noise ~1e-7) and far below
@@ -45,16 +46,28 @@ class DMDFit(NamedTuple):
     q: int
 
 
+# Why an estimate fell back to the local hypergradient, as data: one of these, or "".
+NO_EIGENVALUE = "no eigenvalue near 1"
+NOT_FINITE = "not finite"
+IMAGINARY = "imaginary"
+TOO_LARGE = "too large"
+SINGULAR = "singular"
+FALLBACK_KINDS = (NO_EIGENVALUE, NOT_FINITE, IMAGINARY, TOO_LARGE, SINGULAR)
+# DMD variants that `hankel_dmd` fits; None is exact DMD.
+DEBIAS = (None, "fb", "tls")
+
+
 class SteadyState(NamedTuple):
     """The glocal estimate with the diagnostics an outer loop should record."""
 
     value: np.ndarray  # (q,) the estimate, or `local` when `fallback`
     local: np.ndarray  # (q,) the last row of H, the local hypergradient
     fallback: bool
-    reason: str  # why it fell back; "" when it did not
+    reason: str  # why it fell back, for people; "" when it did not
     spectral_radius: float
     kept: np.ndarray  # bool (r,), eigenvalues with |λ - 1| ≤ delta
     fit: DMDFit
+    kind: str = ""  # why it fell back, as data: one of FALLBACK_KINDS, or ""
 
 
 def _check_trajectory(H, m: int, sigma: int | None = None) -> np.ndarray:
@@ -109,12 +122,27 @@ def hankel(H, m: int) -> np.ndarray:
     return np.concatenate([H[k : k + cols].T for k in range(m)], axis=0)
 
 
-def hankel_dmd(H, m: int, *, rank: int | None = None, rtol: float = _RTOL) -> DMDFit:
+def _rank(s: np.ndarray, rank: int | None, rtol: float) -> int:
+    r = int(np.sum(s > 0)) if rank is not None else int(np.sum(s > rtol * s[0]))
+    return r if rank is None else min(r, rank)
+
+
+def hankel_dmd(
+    H, m: int, *, rank: int | None = None, rtol: float = _RTOL, debias: str | None = None
+) -> DMDFit:
     """Exact DMD of the Hankel matrix of `H`, the finite Koopman matrix of Eq. 10.
 
     With `G = hankel(H, m)`, `X = G[:, :-1]` and `Y = G[:, 1:]`, the reduced operator is
     `Ã = U_r^* Y V_r Σ_r^{-1}` from the SVD of `X`, with eigenpairs `(λ, W)`; the exact modes
     are `Φ = Y V_r Σ_r^{-1} W` and the amplitudes `b` solve `Φ b ≈ G[:, -1]` in least squares.
+
+    Noise in `X` biases these eigenvalues towards the origin. Two variants correct for it:
+
+    - `debias="fb"`, forward-backward DMD (Dawson et al., 2016): with `Ã_f` the forward and
+      `Ã_b` the backward operator in the POD coordinates of `X`, `Ã = (Ã_f Ã_b^{-1})^{1/2}`;
+      the modes are `U_r W`.
+    - `debias="tls"`, total-least-squares DMD (Hemati et al., 2017): `X` and `Y` are first
+      projected onto the leading `r` right singular vectors of `[X; Y]`, then fitted exactly.
 
     **Arguments:**
 
@@ -122,6 +150,7 @@ def hankel_dmd(H, m: int, *, rank: int | None = None, rtol: float = _RTOL) -> DM
     - `m`: the number of delays, `1 <= m < L`.
     - `rank`: keep the first `rank` singular values (exact zeros are still dropped).
     - `rtol`: otherwise keep singular values above `rtol * s_max`, `0 < rtol < 1`.
+    - `debias`: `None` (exact DMD), `"fb"` or `"tls"`.
 
     **Returns:**
 
@@ -131,16 +160,32 @@ def hankel_dmd(H, m: int, *, rank: int | None = None, rtol: float = _RTOL) -> DM
         raise ValueError(f"`rank` must be a positive integer or None, got {rank}.")
     if not 0 < rtol < 1:
         raise ValueError(f"`rtol` must lie in (0, 1), got {rtol}; 1e-6 suits float32 data.")
+    if debias not in DEBIAS:
+        raise ValueError(f"`debias`={debias!r}: choose None (exact DMD), 'fb' or 'tls'.")
     G = hankel(H, m)
     X, Y = G[:, :-1], G[:, 1:]
     U, s, Vh = np.linalg.svd(X, full_matrices=False)
-    r = int(np.sum(s > 0)) if rank is not None else int(np.sum(s > rtol * s[0]))
-    if rank is not None:
-        r = min(r, rank)
-    U, V, inv_s = U[:, :r], Vh[:r].conj().T, 1.0 / s[:r]
-    YV = (Y @ V) * inv_s
-    eigenvalues, W = np.linalg.eig(U.conj().T @ YV)
-    modes = YV @ W.astype(np.complex128)
+    r = _rank(s, rank, rtol)
+    s_used = s
+    if debias == "tls" and r > 0:
+        # Project both onto the r leading right singular vectors of the stacked data: the
+        # part of X and Y that a noise-free linear map could relate.
+        P = np.linalg.svd(np.concatenate([X, Y]), full_matrices=False)[2][:r].conj().T
+        X, Y = X @ P @ P.conj().T, Y @ P @ P.conj().T
+        U, s_used, Vh = np.linalg.svd(X, full_matrices=False)
+        r = min(r, int(np.sum(s_used > rtol * s_used[0])))
+    U, V, inv_s = U[:, :r], Vh[:r].conj().T, 1.0 / s_used[:r]
+    if debias == "fb" and r > 0:
+        X_r, Y_r = U.conj().T @ X, U.conj().T @ Y
+        forward = Y_r @ np.linalg.pinv(X_r)
+        backward = X_r @ np.linalg.pinv(Y_r)
+        operator = scipy.linalg.sqrtm(forward @ np.linalg.pinv(backward))
+        eigenvalues, W = np.linalg.eig(np.asarray(operator, np.complex128))
+        modes = U @ W.astype(np.complex128)
+    else:
+        YV = (Y @ V) * inv_s
+        eigenvalues, W = np.linalg.eig(U.conj().T @ YV)
+        modes = YV @ W.astype(np.complex128)
     amplitudes = np.linalg.lstsq(modes, G[:, -1].astype(np.complex128), rcond=None)[0]
     return DMDFit(eigenvalues.astype(np.complex128), modes, amplitudes, s, r, m, H.shape[1])
 
@@ -180,6 +225,7 @@ def estimate_steady_state(
     rtol: float = _RTOL,
     rank: int | None = None,
     max_growth: float = _MAX_GROWTH,
+    debias: str | None = None,
 ) -> SteadyState:
     """The glocal hypergradient of Eq. 14 with its diagnostics.
 
@@ -195,61 +241,41 @@ def estimate_steady_state(
     - `H`: an `(L, q)` trajectory of local hypergradients, `h_t` as rows (Eq. 12).
     - `sigma`: use the last `sigma` rows.
     - `m`: the number of delays, `m < sigma`.
-    - `delta`, `rtol`, `rank`, `max_growth`: as above and in `hankel_dmd`.
+    - `delta`, `rtol`, `rank`, `max_growth`, `debias`: as above and in `hankel_dmd`.
 
     **Returns:**
 
-    A `SteadyState`.
+    A `SteadyState`; `kind` names a fallback as data (one of `FALLBACK_KINDS`).
     """
     if not delta > 0:
         raise ValueError(f"`delta` must be positive, got {delta}; the default is {_DELTA}.")
     if not max_growth > 0:
         raise ValueError(f"`max_growth` must be positive, got {max_growth}.")
     window = _check_trajectory(H, m, sigma)
-    fit = hankel_dmd(window, m, rank=rank, rtol=rtol)
+    fit = hankel_dmd(window, m, rank=rank, rtol=rtol, debias=debias)
     local = window[-1]
     kept = np.abs(fit.eigenvalues - 1.0) <= delta
     radius = float(np.max(np.abs(fit.eigenvalues), initial=0.0))
 
-    def result(value, reason=""):
-        return SteadyState(value, local, bool(reason), reason, radius, kept, fit)
+    def result(value, kind="", reason=""):
+        return SteadyState(value, local, bool(kind), reason, radius, kept, fit, kind)
 
     if not np.any(kept):
         # With every |λ| < 1 the sum of Eq. 14 is empty, i.e. zero; a steady state of exactly
         # zero is rare for a hypergradient, so this is reported rather than trusted.
         reason = f"no eigenvalue within delta={delta} of 1 (spectral radius {radius:.3g})"
-        return result(local, reason)
+        return result(local, NO_EIGENVALUE, reason)
     estimate = _unhankel(fit, np.where(kept, fit.amplitudes, 0.0), shift=False)
     norm, largest = np.linalg.norm(estimate), np.max(np.linalg.norm(window, axis=1))
     if not np.all(np.isfinite(estimate)):
-        return result(local, "estimate not finite")
+        return result(local, NOT_FINITE, "estimate not finite")
     # Kept modes of a real trajectory come in exact conjugate pairs (|λ - 1| is symmetric), so
     # any imaginary part is round-off, amplified where a Jordan block splits into a near pair.
     imaginary = np.linalg.norm(estimate.imag)
     if imaginary > 1e-6 * max(norm, largest):
-        return result(local, f"estimate has an imaginary part of norm {imaginary:.3g}")
+        return result(local, IMAGINARY, f"estimate has an imaginary part of norm {imaginary:.3g}")
     if norm > max_growth * largest:
-        return result(
-            local, f"estimate norm {norm:.3g} exceeds max_growth={max_growth} x {largest:.3g}"
-        )
+        return result(local, TOO_LARGE,
+                      f"estimate norm {norm:.3g} exceeds max_growth={max_growth} x {largest:.3g}")
     return result(estimate.real)
 
-
-def glocal_estimate(
-    H,
-    sigma: int = 80,
-    m: int = 10,
-    *,
-    delta: float = _DELTA,
-    rtol: float = _RTOL,
-    rank: int | None = None,
-    max_growth: float = _MAX_GROWTH,
-) -> np.ndarray:
-    """The glocal hypergradient `ĥ_∞` of Eq. 14, a real `(q,)` array.
-
-    This is `estimate_steady_state(...).value`: on a fallback it is the local hypergradient
-    `H[-1]`. Call `estimate_steady_state` to know whether that happened.
-    """
-    return estimate_steady_state(
-        H, sigma, m, delta=delta, rtol=rtol, rank=rank, max_growth=max_growth
-    ).value

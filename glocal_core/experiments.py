@@ -59,14 +59,16 @@ from ._data import NUM_CLASSES, load_dataset, to_device
 from ._hyperparams import adam, sgd
 from ._io import load_pickle, save_pickle
 from ._models import MLP, LeNet, MetaMLP, WideResNet
+from ._estimators import DEFAULT_METHOD
 from ._outer import OuterConfig, OuterResult, run_outer
 from ._problems import BilevelProblem, classification_problem, reweighting_problem
 
 PROFILES = ("smoke", "full")
-EXPERIMENTS = ("fig2", "fig3", "table2", "fig4", "table3")
+EXPERIMENTS = ("fig2", "fig3", "table2", "fig4", "table3", "fidelity")
 # Bump when a change in the library changes what a cached result would contain.
 # 2: minibatches drawn with replacement; smoke on Fashion-MNIST at the paper's window.
-CACHE_VERSION = 2
+# 3: OuterConfig.estimator; fallbacks recorded as FALLBACK_KINDS.
+CACHE_VERSION = 3
 # T of the smoke profile's fig2 and fig4 runs: 40 windows of the paper's τ = 100.
 SMOKE_STEPS = 4000
 # The window of the smoke stand-ins that cannot run the paper's (fig3, table2).
@@ -80,6 +82,8 @@ DESCRIPTIONS = {
               "(Sec. 4.2, Table 2)",
     "fig4": "DMD configurations σ × m against validation performance (Sec. 4.3, Figure 4)",
     "table3": "runtime of none / local / global / glocal (Table 3)",
+    "fidelity": "steady-state estimators against the true global hypergradient: global runs "
+                "that keep every window, SGD and Adam, Z reset and carried, φ moving and fixed",
 }
 
 # The paper's reported numbers, for side-by-side tables (never our results).
@@ -148,10 +152,22 @@ class RunSpec:
         if self.data.imbalance is not None:
             data += f"-f{self.data.imbalance:g}"
         what = self.optimizer if self.task == "hpo" else "reweight"
-        outer = self.outer.strategy
+        outer = self.strategy_key
         if self.experiment == "fig4":
             outer += f"-sigma{self.outer.sigma}-m{self.outer.m}"
+        if self.experiment == "fidelity":  # fig2's shared runs keep fig2's labels
+            outer += ("-reset" if self.outer.reset_tangents else "-carried")
+            outer += ("-fixed" if self.outer.outer_lr == 0 else "-moving")
         return f"{data}/{what}/{outer}/seed{self.seed}"
+
+    @property
+    def strategy_key(self) -> str:
+        """The strategy as figures and tables tell it apart: `glocal` with the default
+        estimator, `glocal-<method>` with another (e.g. `glocal-paper`, Eq. 14)."""
+        o = self.outer
+        if o.strategy == "glocal" and o.estimator != DEFAULT_METHOD:
+            return f"glocal-{o.estimator}"
+        return o.strategy
 
     @property
     def model_title(self) -> str:
@@ -231,14 +247,17 @@ def _fig2(profile: str) -> list[RunSpec]:
             (DataSpec("mnist"), "sgd", _sgd_initial(0.01)),
             (DataSpec("kmnist"), "sgd", _sgd_initial(0.01)),
         ]
+    # glocal with the default estimator, and with the paper's Eq. 14 beside it.
+    strategies = [("local", {}), ("global", dict(keep_trajectories=True)), ("glocal", {})]
+    if DEFAULT_METHOD != "paper":
+        strategies.append(("glocal", dict(estimator="paper")))
     return [
-        RunSpec("fig2", profile, data, _outer(profile, strategy,
-                                              keep_trajectories=strategy == "global"),
+        RunSpec("fig2", profile, data, _outer(profile, strategy, **options),
                 model="mlp" if profile == "smoke" else "lenet",
                 optimizer=optimizer, initial=initial,
                 learn=_SGD_ALL if optimizer == "sgd" else _ADAM_ALL, seed=seed)
         for data, optimizer, initial in panels
-        for strategy in ("local", "global", "glocal")
+        for strategy, options in strategies
         for seed in _seeds(profile, smoke=2)
     ]
 
@@ -281,15 +300,39 @@ def _table2(profile: str) -> list[RunSpec]:
 
 
 def _fig4(profile: str) -> list[RunSpec]:
-    # The paper's grid at both profiles, on Fashion-MNIST from lr 0.1.
+    # The paper's grid at both profiles, on Fashion-MNIST from lr 0.1, with the paper's
+    # estimator (Eq. 14): the grid is about the DMD's window and delays.
     grid = [(sigma, m) for sigma in (20, 50, 80, 100) for m in (1, 5, 10, 20) if m < sigma]
     return [
         RunSpec("fig4", profile, DataSpec("fashion_mnist"),
-                _outer(profile, "glocal", sigma=sigma, m=m, keep_trajectories=True),
+                _outer(profile, "glocal", sigma=sigma, m=m, keep_trajectories=True,
+                       estimator="paper"),
                 model="mlp" if profile == "smoke" else "lenet",
                 initial=_sgd_initial(0.1), learn=_SGD_ALL, seed=seed)
         for sigma, m in grid
         for seed in _seeds(profile)
+    ]
+
+
+def _fidelity(profile: str) -> list[RunSpec]:
+    # Global runs record, per window, the σ hypergradients any estimator reads and the h_T
+    # it should predict. φ fixed (outer lr 0) isolates the estimator from the outer loop.
+    # With Z reset and φ moving they are fig2's global runs of seed 0 on Fashion-MNIST, so
+    # those two are shared with fig2 (and cached once).
+    fig2 = {(s.optimizer, s.seed): s for s in _fig2(profile)
+            if s.outer.strategy == "global" and s.data.name == "fashion_mnist"}
+    fmnist = DataSpec("fashion_mnist")
+    return [
+        fig2[(optimizer, 0)] if reset and outer_lr else
+        RunSpec("fidelity", profile, fmnist,
+                _outer(profile, "global", keep_trajectories=True, reset_tangents=reset,
+                       outer_lr=outer_lr, estimator="paper"),
+                model="mlp" if profile == "smoke" else "lenet", optimizer=optimizer,
+                initial=_sgd_initial(0.1) if optimizer == "sgd" else _ADAM_INITIAL,
+                learn=_SGD_ALL if optimizer == "sgd" else _ADAM_ALL, seed=0)
+        for optimizer in ("sgd", "adam")
+        for reset in (True, False)
+        for outer_lr in (0.1, 0.0)
     ]
 
 
@@ -298,6 +341,7 @@ def experiment(name: str, profile: str | None = None) -> Experiment:
     profile = profile_from_env() if profile is None else check_profile(profile)
     builders: dict[str, Callable[[str], list[RunSpec]]] = {
         "fig2": _fig2, "fig3": _fig3, "table2": _table2, "fig4": _fig4,
+        "fidelity": _fidelity,
     }
     if name == "table3":
         bench = (BenchConfig(steps=2000, tau=100, sigma=80, m=10, val_size=6000,

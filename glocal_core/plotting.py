@@ -30,10 +30,12 @@ STRATEGY_COLORS: dict[str, str] = {
     "local": "#ff7f0e",
     "global": "#2ca02c",
     "glocal": "#d62728",
+    "glocal-paper": "#9467bd",  # glocal with the paper's Eq. 14, where the default differs
 }
 # Line widths per strategy, widest first in drawing order, so that where a glocal run fell
 # back in every window and retraces the local run, both lines stay visible.
-STRATEGY_LINEWIDTHS: dict[str, float] = {"none": 1.5, "local": 3.0, "global": 2.2, "glocal": 1.4}
+STRATEGY_LINEWIDTHS: dict[str, float] = {"none": 1.5, "local": 3.0, "global": 2.2, "glocal": 1.4,
+                                         "glocal-paper": 1.8}
 # Eigenvalues and modes that the glocal estimate drops.
 OTHER_MODES_COLOR = "#1f77b4"
 UNIT_CIRCLE_COLOR = "0.6"

@@ -63,7 +63,7 @@ HYPERPARAMETER_TITLES = {
     "b1": "Adam β1",
     "b2": "Adam β2",
 }
-STRATEGY_ORDER = ("none", "local", "global", "glocal")
+STRATEGY_ORDER = ("none", "local", "global", "glocal", "glocal-paper")
 
 
 def dataset_title(name: str) -> str:
@@ -167,7 +167,7 @@ def group_runs(
         if spec.label not in results:
             continue
         panel = _panel(spec)
-        groups.setdefault(panel, {}).setdefault(spec.outer.strategy, []).append(
+        groups.setdefault(panel, {}).setdefault(spec.strategy_key, []).append(
             results[spec.label]
         )
     order = {s: i for i, s in enumerate(STRATEGY_ORDER)}
@@ -363,7 +363,7 @@ def setup_table(exp: Experiment) -> Table:
         row = rows.setdefault(panel, [describe_data(spec.data), model, inner, [], [],
                                       f"{o.total_steps} / {o.tau} / {o.sigma} / {o.m}",
                                       f"{o.outer_lr:g}", str(spec.batch_size)])
-        for i, value in ((3, o.strategy), (4, str(spec.seed))):
+        for i, value in ((3, spec.strategy_key), (4, str(spec.seed))):
             if value not in row[i]:
                 row[i].append(value)
     table = [tuple(", ".join(c) if isinstance(c, list) else c for c in row)
@@ -376,7 +376,7 @@ def setup_table(exp: Experiment) -> Table:
 def summary_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *,
                   caption: str = "") -> Table:
     """One row per panel and strategy: final test accuracy (mean ± std over finished runs),
-    finished runs, final hyperparameters, DMD fallbacks, seconds per run."""
+    finished runs, final hyperparameters, fallbacks of the estimator, seconds per run."""
     rows = []
     for panel, runs in groups.items():
         for strategy, results in runs.items():
@@ -385,12 +385,12 @@ def summary_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *
             values = ("(385 meta-network weights)" if names and names[0].startswith("meta_")
                       else ", ".join(f"{HYPERPARAMETER_TITLES.get(n, n)} {v:.3g}"
                                      for n, v in zip(names, f.hyperparameters)))
-            dmd = (f"{f.fallbacks}/{f.windows}" if strategy in ("glocal", "global") else "")
+            dmd = (f"{f.fallbacks}/{f.windows}" if strategy.startswith(("glocal", "global")) else "")
             rows.append((panel.title, strategy, f"{f.finished}/{f.runs}",
                          format_mean_std(f.accuracy_mean, f.accuracy_std, f.finished),
                          values, dmd, f"{f.seconds:.1f}"))
     columns = ("data", "strategy", "finished", "final test accuracy",
-               "final hyperparameters (mean)", "DMD fallbacks / windows", "seconds per run")
+               "final hyperparameters (mean)", "estimator fallbacks / windows", "seconds per run")
     return Table(columns, tuple(rows), caption)
 
 

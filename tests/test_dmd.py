@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from glocal_core._dmd import estimate_steady_state, forecast, glocal_estimate, hankel, hankel_dmd
+from glocal_core._dmd import estimate_steady_state, forecast, hankel, hankel_dmd
+
+
+def glocal_estimate(H, sigma=80, m=10, **kwargs):
+    """Eq. 14 as a value: the paper's rule, whatever the library's default estimator."""
+    return estimate_steady_state(H, sigma, m, **kwargs).value
 
 
 def _closest_distances(found, expected):
@@ -125,6 +130,7 @@ def test_fallback_without_eigenvalue_near_one(h):
     H = h(np.arange(40.0)[:, None])
     state = estimate_steady_state(H, sigma=40, m=5)
     assert state.fallback and "no eigenvalue" in state.reason
+    assert state.kind == "no eigenvalue near 1"
     assert not state.kept.any()
     np.testing.assert_array_equal(state.value, H[-1])
     np.testing.assert_array_equal(glocal_estimate(H, sigma=40, m=5), H[-1])
@@ -139,7 +145,7 @@ def test_fallback_when_estimate_exceeds_max_growth():
     assert not accepted.fallback
     np.testing.assert_allclose(accepted.value, c, atol=1e-9)
     rejected = estimate_steady_state(H, sigma=20, m=4, max_growth=2.0)
-    assert rejected.fallback and "max_growth" in rejected.reason
+    assert rejected.fallback and "max_growth" in rejected.reason and rejected.kind == "too large"
     np.testing.assert_array_equal(rejected.value, H[-1])
 
 

@@ -48,13 +48,24 @@ def test_every_experiment_is_well_formed(name, profile):
     assert len({spec.digest() for spec in exp.runs}) == len(labels)
     seeds = {spec.seed for spec in exp.runs}
     names = {spec.data.name for spec in exp.runs}
-    if profile == "smoke" and name in ("fig2", "fig4"):
+    if name == "fidelity":
+        # Global runs that keep their windows, every combination of optimizer, Z and φ.
+        assert all(s.outer.strategy == "global" and s.outer.keep_trajectories for s in exp.runs)
+        assert {(s.optimizer, s.outer.reset_tangents, s.outer.outer_lr) for s in exp.runs} == {
+            (o, r, lr) for o in ("sgd", "adam") for r in (True, False) for lr in (0.1, 0.0)}
+        fig2 = {s.digest() for s in ex.experiment("fig2", profile).runs}
+        shared = [s for s in exp.runs if s.digest() in fig2]
+        assert len(shared) == 2 and all(s.outer.reset_tangents and s.outer.outer_lr for s in shared)
+        assert names == {"fashion_mnist"}
+    elif profile == "smoke" and name in ("fig2", "fig4"):
         # The paper's data and DMD window; only T and the model shrink.
         assert names == {"fashion_mnist"} and {spec.model for spec in exp.runs} == {"mlp"}
         assert all(spec.outer.total_steps == ex.SMOKE_STEPS >= 2000 for spec in exp.runs)
         if name == "fig2":
             assert seeds == {0, 1}
             assert {(s.outer.tau, s.outer.sigma, s.outer.m) for s in exp.runs} == {(100, 80, 10)}
+            assert {s.strategy_key for s in exp.runs} == {"local", "global", "glocal",
+                                                          "glocal-paper"}
         else:
             assert {s.outer.tau for s in exp.runs} == {100}
     elif profile == "smoke":

@@ -43,7 +43,8 @@ def test_none_keeps_phi_and_trains():
 def test_glocal_with_window_as_long_as_training_matches_global():
     problem = _weight_decay_problem(0.2, at_equilibrium=False)
     runs = {
-        s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=300, tau=300, sigma=200, m=5),
+        s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=300, tau=300, sigma=200, m=5,
+                                                estimator="paper"),
                         key=jax.random.key(1), progress=False)
         for s in ("global", "glocal")
     }
@@ -53,7 +54,8 @@ def test_glocal_with_window_as_long_as_training_matches_global():
     assert not runs["glocal"].fallback[0]
 
 
-def test_glocal_predicts_global_better_than_local():
+@pytest.mark.parametrize("estimator", ["paper", "affine"])
+def test_glocal_predicts_global_better_than_local(estimator):
     """From θ_0 = 0 the local hypergradient after τ steps has the wrong sign (short-horizon
     bias: shrinking θ hurts while θ_t < b, helps later); the DMD steady state sees where h_t
     goes. θ_t passes b after ~50 steps at this learning rate.
@@ -64,7 +66,8 @@ def test_glocal_predicts_global_better_than_local():
     with jax.enable_x64(True):
         problem = _weight_decay_problem(0.3, at_equilibrium=False, lr=0.03, momentum=0.0)
         runs = {
-            s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=1000, tau=50, sigma=40, m=6),
+            s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=1000, tau=50, sigma=40, m=6,
+                                                    estimator=estimator),
                             key=jax.random.key(2), progress=False)
             for s in ("local", "global", "glocal")
         }
@@ -117,6 +120,7 @@ def test_divergence_stops_cleanly_with_reason():
         (dict(m=0), "m"),
         (dict(mode="sideways"), "mode"),
         (dict(strategy="global", mode="reverse"), "reverse"),
+        (dict(estimator="median"), "estimator"),
     ],
 )
 def test_bad_config_is_explained(kwargs, match):
@@ -167,9 +171,11 @@ def test_global_run_holds_local_glocal_and_global_side_by_side():
     assert result.trajectories.shape == (5, 30, 1)
     np.testing.assert_array_equal(result.trajectories[:, -1], result.local_hypergradient)
     for s in range(5):
-        refit = gc.estimate_steady_state(result.trajectories[s], sigma=30, m=4)
+        refit = gc.steady_state(result.trajectories[s], sigma=30, m=4)  # the default estimator
         np.testing.assert_array_equal(result.estimate[s], refit.value)
-        assert result.fallback[s] == refit.fallback
+        assert result.fallback[s] == bool(refit.fallback)
+        dmd = gc.estimate_steady_state(result.trajectories[s], sigma=30, m=4)  # Eq. 14's fit
+        assert result.spectral_radius[s] == dmd.spectral_radius
     assert not np.allclose(result.estimate, result.hypergradient)  # h_T: from the playouts
     local = gc.run_outer(problem, gc.OuterConfig("local", total_steps=200, tau=40),
                          key=jax.random.key(0), progress=False)
@@ -225,3 +231,18 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
                      checkpoint=path, callback=interrupt)
     with pytest.raises(ValueError, match="another run"):
         gc.run_outer(problem, config, key=jax.random.key(1), progress=False, checkpoint=path)
+
+
+@pytest.mark.parametrize("estimator", gc.METHODS)
+def test_glocal_steps_with_its_estimator(estimator):
+    problem = _weight_decay_problem(0.2, at_equilibrium=False)
+    config = gc.OuterConfig("glocal", total_steps=120, tau=40, sigma=30, m=4,
+                            estimator=estimator, keep_trajectories=True)
+    result = gc.run_outer(problem, config, key=jax.random.key(3), progress=False)
+    for s, H in enumerate(result.trajectories):
+        expected = gc.steady_state(H, 30, 4, method=estimator)
+        np.testing.assert_allclose(result.hypergradient[s], expected.value, rtol=1e-6)
+        assert result.fallback_reason[s] == expected.fallback
+    if estimator == "mean":
+        np.testing.assert_allclose(result.hypergradient, result.trajectories.mean(axis=1),
+                                   rtol=1e-6)
