@@ -50,7 +50,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The static book has no kernel: widgets render as self-contained HTML (glocal_core.widgets).
+# The experiments run first, outside the book build, so that a first build shows which
+# experiment and run it is computing, with progress bars on stderr (inside the build the
+# notebooks' output is captured); the build then loads every result from the cache.
 book: data-check $(STAMP)
+	$(BIN)/python -m glocal_core reproduce all $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 	GLOCAL_STATIC_WIDGETS=1 $(BIN)/jupyter-book build . --path-output $(BOOK_OUT)
 	@echo "Book: $(BOOK_OUT)/_build/html/index.html"
 
