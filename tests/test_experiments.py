@@ -16,9 +16,10 @@ TINY = gc.OuterConfig("glocal", total_steps=12, tau=4, sigma=3, m=1, eval_every=
 
 
 def _tiny(**outer):
-    """The first smoke run of fig2 (LeNet on digits) shortened to three windows of 4 steps."""
+    """The first smoke run of fig2 on digits (no dataset to install), three windows of 4 steps."""
     spec = ex.experiment("fig2", "smoke").runs[0]
-    return dataclasses.replace(spec, outer=dataclasses.replace(TINY, **outer))
+    return dataclasses.replace(spec, data=ex.DataSpec("digits", (28, 28, 1)),
+                               outer=dataclasses.replace(TINY, **outer))
 
 
 def _assert_same(a: gc.OuterResult, b: gc.OuterResult):
@@ -202,3 +203,24 @@ def test_smoke_fig2_trains_the_mlp_on_real_fashion_mnist():
     assert spec.model_title == "MLP 784-32-10"
     assert result.stopped == "" and len(result.step) == 2
     assert 0.5 < result.test_accuracy[-1] <= 1  # 200 steps of SGD at lr 0.1: well past chance
+
+
+def test_fidelity_cli_scores_every_estimator(tmp_path, monkeypatch, capsys):
+    import json
+
+    specs = [dataclasses.replace(_tiny(strategy="global", keep_trajectories=True,
+                                       reset_tangents=reset, total_steps=16, sigma=4, m=2),
+                                 experiment="fidelity")
+             for reset in (True, False)]
+    monkeypatch.setattr(ex, "_fidelity", lambda profile: specs)
+    assert main(["fidelity", "--profile", "smoke", "--cache-dir", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["default"] == gc.DEFAULT_METHOD
+    recordings = {row["recording"] for row in report["rows"]}
+    assert {"all", "all, Z reset", "all, Z carried"} <= recordings
+    assert {row["estimator"] for row in report["rows"]} == {*gc.METHODS, "zero"}
+    assert all(row["windows"] == 3 for row in report["rows"] if "SGD" in row["recording"])
+    assert report["best"]["all"] in gc.METHODS
+    # The recordings were cached: a second call computes nothing.
+    monkeypatch.setattr(ex, "run_outer", lambda *a, **k: pytest.fail("recomputed"))
+    assert main(["fidelity", "--profile", "smoke", "--cache-dir", str(tmp_path), "--json"]) == 0
