@@ -117,7 +117,7 @@ def test_refit_quality_matches_recorded_quality_of_a_real_global_run():
         problem = gc.quadratic_problem(np.array([2.0, 1.0]), np.array([2.0, 1.0]) / 1.5,
                                        gc.sgd(0.03, 0.0, 0.3, learn=("weight_decay",)))
         config = gc.OuterConfig("global", total_steps=400, tau=50, sigma=40, m=6,
-                                keep_trajectories=True)
+                                keep_trajectories=True, estimator="paper")
         result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
     recorded = ga.estimate_quality(result)
     refitted = ga.estimate_quality(result, sigma=40, m=6)
