@@ -4,15 +4,12 @@ from ._bench import BenchConfig as BenchConfig
 from ._bench import run_bench as run_bench
 from ._data import DATASET_NAMES as DATASET_NAMES
 from ._data import Dataset as Dataset
-from ._data import CorruptDatasetError as CorruptDatasetError
 from ._data import DatasetNotPreparedError as DatasetNotPreparedError
 from ._data import Splits as Splits
-from ._data import has_fashion_mnist_idx as has_fashion_mnist_idx
 from ._data import imbalanced_counts as imbalanced_counts
 from ._data import load_dataset as load_dataset
 from ._data import load_digits as load_digits
 from ._data import load_fashion_mnist as load_fashion_mnist
-from ._data import read_idx as read_idx
 from ._data import load_tfds as load_tfds
 from ._data import make_imbalanced as make_imbalanced
 from ._data import prepare_tfds as prepare_tfds
@@ -40,6 +37,9 @@ from ._hyperparams import HyperOptimizer as HyperOptimizer
 from ._hyperparams import HyperSpace as HyperSpace
 from ._hyperparams import adam as adam
 from ._hyperparams import sgd as sgd
+from ._idx import CorruptDatasetError as CorruptDatasetError
+from ._idx import has_fashion_mnist_idx as has_fashion_mnist_idx
+from ._idx import read_idx as read_idx
 from ._models import LeNet as LeNet
 from ._models import MetaMLP as MetaMLP
 from ._models import MLP as MLP

@@ -111,6 +111,7 @@ def _fidelity(args) -> int:
 
     from . import analysis as ga
     from . import experiments as ex
+    from . import fidelity as gf
     from ._data import DatasetNotPreparedError
     from ._estimators import DEFAULT_METHOD
 
@@ -122,14 +123,14 @@ def _fidelity(args) -> int:
     except (DatasetNotPreparedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rows = ga.fidelity_rows(exp, results)
-    best = {r["recording"]: ga.best_estimator(rows, r["recording"]) for r in rows}
+    rows = gf.fidelity_rows(exp, results)
+    best = {r["recording"]: gf.best_estimator(rows, r["recording"]) for r in rows}
     if args.json:
         print(json.dumps({"profile": profile, "default": DEFAULT_METHOD, "best": best,
                           "rows": rows}))
         return 0
     print(ga.provenance(exp))
-    print(ga.markdown_table(ga.format_fidelity(rows)))
+    print(ga.markdown_table(gf.format_fidelity(rows)))
     for recording, method in best.items():
         print(f"closest to h_T on {recording}: {method}")
     print(f"library default (glocal_core.DEFAULT_METHOD): {DEFAULT_METHOD}")

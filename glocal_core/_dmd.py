@@ -190,6 +190,16 @@ def hankel_dmd(
     return DMDFit(eigenvalues.astype(np.complex128), modes, amplitudes, s, r, m, H.shape[1])
 
 
+def unusable(value: np.ndarray, window: np.ndarray, max_growth: float = _MAX_GROWTH) -> str:
+    """Why `value` cannot stand for the steady state of `window`: `NOT_FINITE`, `TOO_LARGE`
+    (its norm exceeds `max_growth` times the largest row norm of the window), or `""`."""
+    if not np.all(np.isfinite(value)):
+        return NOT_FINITE
+    if np.linalg.norm(value) > max_growth * np.max(np.linalg.norm(window, axis=1)):
+        return TOO_LARGE
+    return ""
+
+
 def _unhankel(fit: DMDFit, coefficients: np.ndarray, shift: bool) -> np.ndarray:
     # g^{-1}: block k of the last column is time L-m+k, so it needs `m-1-k` more steps to
     # reach the last row. With shift=False every mode is treated as λ = 1 (Eq. 14).
@@ -274,7 +284,7 @@ def estimate_steady_state(
     imaginary = np.linalg.norm(estimate.imag)
     if imaginary > 1e-6 * max(norm, largest):
         return result(local, IMAGINARY, f"estimate has an imaginary part of norm {imaginary:.3g}")
-    if norm > max_growth * largest:
+    if unusable(estimate.real, window, max_growth):
         return result(local, TOO_LARGE,
                       f"estimate norm {norm:.3g} exceeds max_growth={max_growth} x {largest:.3g}")
     return result(estimate.real)

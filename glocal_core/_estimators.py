@@ -33,18 +33,18 @@ from ._dmd import (
     _DELTA,
     _MAX_GROWTH,
     _RTOL,
-    NOT_FINITE,
     SINGULAR,
-    TOO_LARGE,
+    SteadyState,
     _check_trajectory,
     estimate_steady_state,
     hankel,
+    unusable,
 )
 
 METHODS = ("paper", "fbdmd", "tlsdmd", "affine", "rre", "mean", "local")
 # Chosen by `python -m glocal_core fidelity` at the smoke profile (real Fashion-MNIST, MLP
 # 784-32-10, τ = 100, σ = 80, m = 10, T = 4000; 312 windows of 8 global runs: SGD and Adam,
-# Z reset and carried, φ moving and fixed), by `analysis.best_estimator`'s criterion. Median
+# Z reset and carried, φ moving and fixed), by `fidelity.best_estimator`'s criterion. Median
 # relative error to h_T over all windows: mean 1.04, rre 1.09, affine 1.12, paper (Eq. 14)
 # 1.22, local 1.39; with Z reset (the library's convention): mean 0.81, rre 0.84, paper
 # 0.98, local 1.07, and the mean is closer to h_T than local in 109 of 156 windows (69.9%),
@@ -56,22 +56,21 @@ class Estimate(NamedTuple):
     """A steady-state estimate.
 
     **Fields:** `value` `(q,)` (the local hypergradient where it fell back); `local` `(q,)`,
-    the window's last row; `fallback`, `""` or one of `FALLBACK_KINDS`; `method`.
+    the window's last row; `fallback`, `""` or one of `FALLBACK_KINDS`; `method`; `dmd`, the
+    `SteadyState` of Eq. 14 with its DMD fit (`paper`, `fbdmd`, `tlsdmd`; else `None`).
     """
 
     value: np.ndarray
     local: np.ndarray
     fallback: str
     method: str
+    dmd: SteadyState | None = None
 
 
 def _guarded(value: np.ndarray, window: np.ndarray, max_growth: float) -> tuple[np.ndarray, str]:
     """`value`, or the local hypergradient and why, when `value` is not a usable estimate."""
-    if not np.all(np.isfinite(value)):
-        return window[-1], NOT_FINITE
-    if np.linalg.norm(value) > max_growth * np.max(np.linalg.norm(window, axis=1)):
-        return window[-1], TOO_LARGE
-    return value, ""
+    kind = unusable(value, window, max_growth)
+    return (window[-1], kind) if kind else (value, "")
 
 
 def affine_fixed_point(window: np.ndarray, m: int, *, rtol: float = _RTOL,
@@ -162,7 +161,7 @@ def steady_state(
         debias = {"paper": None, "fbdmd": "fb", "tlsdmd": "tls"}[method]
         state = estimate_steady_state(window, sigma, m, delta=delta, rtol=rtol,
                                       max_growth=max_growth, debias=debias)
-        return Estimate(state.value, local, state.kind, method)
+        return Estimate(state.value, local, state.kind, method, state)
     if method == "affine":
         value, fallback = affine_fixed_point(window, m, rtol=rtol, max_growth=max_growth)
     else:

@@ -396,7 +396,9 @@ def run_outer(
                                       method=config.estimator, **dmd_kwargs)
                 seconds_dmd = time.perf_counter() - start
                 estimate = steady.value
-                fit = estimate_steady_state(hs, sigma=config.sigma, m=config.m, **dmd_kwargs)
+                # Eq. 14's fit for the diagnostics: the estimator's own where it is Eq. 14.
+                fit = steady.dmd if config.estimator == "paper" else estimate_steady_state(
+                    hs, sigma=config.sigma, m=config.m, **dmd_kwargs)
                 dmd = (fit.spectral_radius, int(np.sum(fit.kept)), bool(steady.fallback),
                        steady.fallback)
             if config.strategy == "local":

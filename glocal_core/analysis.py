@@ -31,7 +31,6 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from ._dmd import FALLBACK_KINDS, SteadyState, estimate_steady_state, forecast
-from ._estimators import METHODS, timed_steady_state
 from ._outer import OuterResult
 from .experiments import PAPER_TABLE2, PAPER_TABLE3, Experiment, RunSpec
 from .plotting import STRATEGY_COLORS
@@ -540,134 +539,6 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
     return "\n".join(lines)
 
 
-# --- which steady-state estimator? (the fidelity benchmark) ----------------------------------
-
-# Simplest first: on a tie the earlier one is chosen.
-SIMPLICITY = ("local", "mean", "affine", "rre", "paper", "fbdmd", "tlsdmd")
-
-
-class EstimatorScores(NamedTuple):
-    """One estimator on every window of one `global` run but its last (where h_T = h_τ).
-
-    **Fields** (one entry per window): `error` (relative error to h_T), `cosine` (with h_T),
-    `sign` (share of coordinates whose sign matches h_T's), `beats_local` (strictly closer to
-    h_T than h_τ), `fallback` (the estimator fell back), `seconds` (per estimate).
-    """
-
-    error: np.ndarray
-    cosine: np.ndarray
-    sign: np.ndarray
-    beats_local: np.ndarray
-    fallback: np.ndarray
-    seconds: np.ndarray
-
-
-def estimator_scores(result: OuterResult, method: str, **kwargs) -> EstimatorScores:
-    """Re-fit `method` (see `glocal_core.METHODS`, or `"zero"`, the estimate 0) to every
-    window of a `global` run kept with `keep_trajectories=True` and score it against the
-    run's h_T. Keyword arguments go to `steady_state` (defaults: the run's σ, m, δ, rtol).
-    """
-    if result.config.strategy != "global" or result.trajectories is None:
-        raise ValueError("estimator_scores needs a `global` run with keep_trajectories=True.")
-    config = result.config
-    options = {"sigma": config.sigma, "m": config.m, **{
-        k: v for k, v in (("delta", config.delta), ("rtol", config.rtol)) if v is not None}}
-    options.update(kwargs)
-    keep = np.asarray(result.step) < config.total_steps
-    target = np.asarray(result.hypergradient, np.float64)[keep]
-    local = np.asarray(result.local_hypergradient, np.float64)[keep]
-    values, fallback, seconds = [], [], []
-    for H in np.asarray(result.trajectories, np.float64)[keep]:
-        if method == "zero":
-            estimate, took = None, 0.0
-            values.append(np.zeros(H.shape[-1]))
-        else:
-            estimate, took = timed_steady_state(H, method=method, **options)
-            values.append(estimate.value)
-        fallback.append(bool(estimate.fallback) if estimate is not None else False)
-        seconds.append(took)
-    values = np.array(values).reshape(target.shape)
-    error = relative_error(values, target)
-    return EstimatorScores(
-        error=error,
-        cosine=cosine_similarity(values, target),
-        sign=np.mean(np.sign(values) == np.sign(target), axis=-1),
-        beats_local=error < relative_error(local, target),
-        fallback=np.array(fallback, dtype=bool),
-        seconds=np.array(seconds),
-    )
-
-
-def _pool(scores: Sequence[EstimatorScores]) -> EstimatorScores:
-    return EstimatorScores(*(np.concatenate(parts) for parts in zip(*scores)))
-
-
-def fidelity_rows(exp: Experiment, results: Mapping[str, OuterResult],
-                  methods: Sequence[str] = (*METHODS, "zero")) -> list[dict]:
-    """The fidelity table: per estimator, medians and rates over the windows of each
-    recording of experiment `fidelity`, then pooled per convention for Z and over all.
-
-    **Returns:** rows with `recording`, `estimator`, `windows`, `median error`,
-    `median cosine`, `sign agreement`, `beats local`, `fallback rate`, `ms per estimate`.
-    """
-    recordings: dict[str, list[tuple[RunSpec, OuterResult]]] = {}
-    for spec, result in _paired(exp, results):
-        z = "Z reset" if spec.outer.reset_tangents else "Z carried"
-        phi = "φ fixed" if spec.outer.outer_lr == 0 else "φ moving"
-        recordings[f"{spec.optimizer.upper() if spec.optimizer == 'sgd' else 'Adam'}, {z}, "
-                   f"{phi}"] = [(spec, result)]
-        recordings.setdefault(f"all, {z}", []).append((spec, result))
-        recordings.setdefault("all", []).append((spec, result))
-    order = sorted(recordings, key=lambda k: (k.startswith("all"), k == "all"))
-    cache = {(spec.label, method): estimator_scores(result, method)
-             for spec, result in _paired(exp, results) for method in methods}
-    rows = []
-    for name in order:
-        for method in methods:
-            pooled = _pool([cache[(spec.label, method)] for spec, _ in recordings[name]])
-            rows.append({
-                "recording": name, "estimator": method, "windows": len(pooled.error),
-                "median error": float(np.median(pooled.error)),
-                "median cosine": float(np.median(pooled.cosine)),
-                "sign agreement": float(np.mean(pooled.sign)),
-                "beats local": float(np.mean(pooled.beats_local)),
-                "fallback rate": float(np.mean(pooled.fallback)),
-                "ms per estimate": 1e3 * float(np.mean(pooled.seconds)),
-            })
-    return rows
-
-
-def format_fidelity(rows: Sequence[Mapping]) -> list[dict]:
-    """`fidelity_rows` rounded for reading: three significant digits, rates to two places."""
-    def fmt(key, value):
-        if not isinstance(value, float):
-            return value
-        if not np.isfinite(value):
-            return "–"
-        return f"{value:.2f}" if key in ("sign agreement", "beats local", "fallback rate") \
-            else f"{value:.3g}"
-    return [{k: fmt(k, v) for k, v in row.items()} for row in rows]
-
-
-def best_estimator(rows: Sequence[Mapping], recording: str = "all", *,
-                   tie: float = 0.01) -> str:
-    """The estimator the fidelity table finds closest to h_T on `recording`.
-
-    The criterion, in order: the lowest median relative error, among the estimators whose
-    median cosine and sign agreement are at least the local hypergradient's (a smaller error
-    in the wrong direction does not help the outer Adam); within `tie` of that error, the
-    simplest (`SIMPLICITY`).
-    """
-    candidates = {r["estimator"]: r for r in rows
-                  if r["recording"] == recording and r["estimator"] in SIMPLICITY}
-    local = candidates["local"]
-    fine = {k: r for k, r in candidates.items()
-            if r["median cosine"] >= local["median cosine"]
-            and r["sign agreement"] >= local["sign agreement"]} or candidates
-    best = min(r["median error"] for r in fine.values())
-    return next(k for k in SIMPLICITY if k in fine and fine[k]["median error"] <= best + tie)
-
-
 # --- plots ------------------------------------------------------------------------------------
 
 
@@ -754,30 +625,4 @@ def plot_dmd_grid(ax: Axes, grid: Sequence[Mapping], *, value: str = "val_loss",
     ax.set_xticks(range(len(ms)), labels=[str(m) for m in ms])
     ax.set_yticks(range(len(sigmas)), labels=[str(s) for s in sigmas])
     ax.set(xlabel="delays $m$", ylabel=r"hypergradients $\sigma$ given to the DMD")
-    return ax
-
-
-# One colour per estimator in the fidelity figure; the two baselines in the strategy colours.
-ESTIMATOR_COLORS = {"local": STRATEGY_COLORS["local"], "mean": "#1f77b4", "affine": "#17becf",
-                    "rre": "#bcbd22", "paper": STRATEGY_COLORS["glocal-paper"],
-                    "fbdmd": "#8c564b", "tlsdmd": "#e377c2"}
-
-
-def plot_fidelity(ax: Axes, rows: Sequence[Mapping], *, value: str = "median error") -> Axes:
-    """Grouped bars of `fidelity_rows`: one group per recording, one bar per estimator
-    (`value`: a numeric column, e.g. `"median error"` or `"beats local"`). With
-    `"median error"` a dashed line at 1 marks what predicting zero scores."""
-    recordings = list(dict.fromkeys(r["recording"] for r in rows))
-    methods = [m for m in ESTIMATOR_COLORS if any(r["estimator"] == m for r in rows)]
-    width = 0.8 / len(methods)
-    table = {(r["recording"], r["estimator"]): r[value] for r in rows}
-    x = np.arange(len(recordings))
-    for i, method in enumerate(methods):
-        ax.bar(x - 0.4 + width * (i + 0.5), [table.get((rec, method), np.nan) for rec in recordings],
-               width, color=ESTIMATOR_COLORS[method], label=method,
-               hatch="//" if method == "local" else None, edgecolor="white", lw=0.3)
-    if value == "median error":
-        ax.axhline(1, color="k", ls="--", lw=1, label="zero (predict nothing)")
-    ax.set_xticks(x, labels=[rec.replace(", ", "\n") for rec in recordings], fontsize=8)
-    ax.set(ylabel=value)
     return ax

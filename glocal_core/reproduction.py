@@ -120,6 +120,15 @@ def fallback_reasons(runs: Sequence[OuterResult]) -> dict[str, int]:
                         if reason))
 
 
+def estimator_usage(runs: Sequence[OuterResult]) -> str:
+    """How often the runs' estimator stepped with its own estimate, and why it fell back
+    elsewhere, e.g. `"paper: its estimate in 53 of 80 windows (66%) over 2 run(s); ..."`."""
+    fell, windows = sum(int(np.sum(r.fallback)) for r in runs), sum(len(r.fallback) for r in runs)
+    return (f"{runs[0].config.estimator}: its estimate in {windows - fell} of {windows} windows "
+            f"({(windows - fell) / max(windows, 1):.0%}) over {len(runs)} run(s); fell back in "
+            f"{fell}: {fallback_reasons(runs) or 'no fallbacks'}")
+
+
 def panel_caption(panel: "Panel", profile: str, width: int = 48) -> str:
     """`plotting.caption` of a panel, wrapped to `width` characters for subplot titles."""
     return textwrap.fill(gplt.caption(profile, panel.title), width)

@@ -8,7 +8,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from glocal_core import _data
+from glocal_core import _data, _idx
 
 
 try:
@@ -245,8 +245,8 @@ def test_to_device_splits(digits):
 
 REQUIRE_DATA = os.environ.get("GLOCAL_REQUIRE_DATA") == "1"
 needs_fashion_mnist = pytest.mark.skipif(
-    not _data.has_fashion_mnist_idx() and not REQUIRE_DATA,
-    reason=f"Fashion-MNIST's IDX files are not in {_data.fashion_mnist_dir()}: "
+    not _idx.has_fashion_mnist_idx() and not REQUIRE_DATA,
+    reason=f"Fashion-MNIST's IDX files are not in {_idx.fashion_mnist_dir()}: "
            "`apt-get install dataset-fashion-mnist` (CI installs it and sets GLOCAL_REQUIRE_DATA=1)",
 )
 
@@ -294,7 +294,7 @@ def _write_idx(path, array, *, gz=True, cut=0):
 
 def _fake_fashion_mnist(folder, *, n_train=60_000, n_test=10_000):
     rng = np.random.default_rng(0)
-    for split, (images, labels, count) in _data.FASHION_MNIST_FILES.items():
+    for split, (images, labels, count) in _idx.FASHION_MNIST_FILES.items():
         n = n_train if split == "train" else n_test
         _write_idx(folder / f"{images}.gz", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(folder / f"{labels}.gz", np.arange(n) % 10)
@@ -304,7 +304,7 @@ def test_read_idx_round_trip(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     for gz in (True, False):
         path = _write_idx(tmp_path / ("a.gz" if gz else "a"), array, gz=gz)
-        np.testing.assert_array_equal(_data.read_idx(path), array)
+        np.testing.assert_array_equal(_idx.read_idx(path), array)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bad magic", "bad gzip", "empty"])
@@ -321,29 +321,29 @@ def test_read_idx_corrupt_names_the_file(tmp_path, damage):
         path.write_bytes(path.read_bytes()[:-20])
     else:
         gzip.open(path, "wb").write(b"")
-    with pytest.raises(_data.CorruptDatasetError, match="train-images-idx3-ubyte.gz"):
-        _data.read_idx(path)
+    with pytest.raises(_idx.CorruptDatasetError, match="train-images-idx3-ubyte.gz"):
+        _idx.read_idx(path)
 
 
 def test_fashion_mnist_wrong_count_is_an_error(tmp_path):
     _fake_fashion_mnist(tmp_path, n_test=9_999)
-    with pytest.raises(_data.CorruptDatasetError, match="t10k-images-idx3-ubyte"):
+    with pytest.raises(_idx.CorruptDatasetError, match="t10k-images-idx3-ubyte"):
         _data.load_fashion_mnist(directory=tmp_path)
 
 
 def test_fashion_mnist_env_directory(tmp_path, monkeypatch):
     _fake_fashion_mnist(tmp_path, n_train=60_000, n_test=10_000)
-    monkeypatch.setenv(_data.FASHION_MNIST_ENV, str(tmp_path))
+    monkeypatch.setenv(_idx.FASHION_MNIST_ENV, str(tmp_path))
     splits = _data.load_dataset("fashion_mnist", seed=0, val_size=600)
     assert len(splits.val.labels) == 600 and len(splits.train.labels) == 59_400
     assert len(splits.test.labels) == 10_000
 
 
 def test_fashion_mnist_missing_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv(_data.FASHION_MNIST_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(_idx.FASHION_MNIST_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(_data.DatasetNotPreparedError) as err:
         _data.load_dataset("fashion_mnist")
     text = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in text
-    assert _data.FASHION_MNIST_ENV in text and "t10k-images-idx3-ubyte.gz" in text
-    assert _data.FASHION_MNIST_URL in text
+    assert _idx.FASHION_MNIST_ENV in text and "t10k-images-idx3-ubyte.gz" in text
+    assert _idx.FASHION_MNIST_URL in text

@@ -271,3 +271,13 @@ def test_runtime_and_fallback_plots_label_what_they_draw():
     np.testing.assert_array_equal(crosses[0].get_xdata(), [10, 30])
     assert right.get_yscale() == "log"
     plt.close(fig)
+
+
+def test_estimator_usage_counts_the_windows_that_used_the_estimate():
+    runs = [r._replace(fallback_reason=tuple("no eigenvalue near 1" if f else ""
+                                             for f in r.fallback))
+            for r in (_result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[1, 0, 1, 0]),
+                      _result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[0, 0, 0, 1]))]
+    text = rep.estimator_usage(runs)
+    assert text.startswith(f"{runs[0].config.estimator}: its estimate in 5 of 8 windows (62%)")
+    assert "fell back in 3: {'no eigenvalue near 1': 3}" in text

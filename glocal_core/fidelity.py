@@ -1,0 +1,224 @@
+"""The fidelity benchmark: every steady-state estimator against the true global hypergradient.
+
+Experiment `fidelity` records `global` runs that keep the σ hypergradients of every window
+beside the h_T of its playout (SGD and Adam, Z reset and carried, φ moving and fixed). Here
+every estimator of `glocal_core.METHODS` is re-fitted to every window and scored against
+h_T; `best_estimator` states the criterion that chose `glocal_core.DEFAULT_METHOD`.
+`python -m glocal_core fidelity` prints the table; chapter 7 and the results page show it.
+
+Import it as `import glocal_core.fidelity as gf`.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ._estimators import DEFAULT_METHOD, METHODS, timed_steady_state
+from ._outer import OuterResult
+from .analysis import _paired, cosine_similarity, provenance, relative_error
+from .experiments import Experiment, RunSpec
+from .plotting import STRATEGY_COLORS
+
+# Simplest first: on a tie the earlier one is chosen.
+SIMPLICITY = ("local", "mean", "affine", "rre", "paper", "fbdmd", "tlsdmd")
+
+
+class EstimatorScores(NamedTuple):
+    """One estimator on every window of one `global` run but its last (where h_T = h_τ).
+
+    **Fields** (one entry per window): `error` (relative error to h_T), `cosine` (with h_T),
+    `sign` (share of coordinates whose sign matches h_T's), `beats_local` (strictly closer to
+    h_T than h_τ), `fallback` (the estimator fell back), `seconds` (per estimate).
+    """
+
+    error: np.ndarray
+    cosine: np.ndarray
+    sign: np.ndarray
+    beats_local: np.ndarray
+    fallback: np.ndarray
+    seconds: np.ndarray
+
+
+def estimator_scores(result: OuterResult, method: str, **kwargs) -> EstimatorScores:
+    """Re-fit `method` (see `glocal_core.METHODS`, or `"zero"`, the estimate 0) to every
+    window of a `global` run kept with `keep_trajectories=True` and score it against the
+    run's h_T. Keyword arguments go to `steady_state` (defaults: the run's σ, m, δ, rtol).
+    """
+    if result.config.strategy != "global" or result.trajectories is None:
+        raise ValueError("estimator_scores needs a `global` run with keep_trajectories=True.")
+    config = result.config
+    options = {"sigma": config.sigma, "m": config.m, **{
+        k: v for k, v in (("delta", config.delta), ("rtol", config.rtol)) if v is not None}}
+    options.update(kwargs)
+    keep = np.asarray(result.step) < config.total_steps
+    target = np.asarray(result.hypergradient, np.float64)[keep]
+    local = np.asarray(result.local_hypergradient, np.float64)[keep]
+    values, fallback, seconds = [], [], []
+    for H in np.asarray(result.trajectories, np.float64)[keep]:
+        if method == "zero":
+            estimate, took = None, 0.0
+            values.append(np.zeros(H.shape[-1]))
+        else:
+            estimate, took = timed_steady_state(H, method=method, **options)
+            values.append(estimate.value)
+        fallback.append(bool(estimate.fallback) if estimate is not None else False)
+        seconds.append(took)
+    values = np.array(values).reshape(target.shape)
+    error = relative_error(values, target)
+    return EstimatorScores(
+        error=error,
+        cosine=cosine_similarity(values, target),
+        sign=np.mean(np.sign(values) == np.sign(target), axis=-1),
+        beats_local=error < relative_error(local, target),
+        fallback=np.array(fallback, dtype=bool),
+        seconds=np.array(seconds),
+    )
+
+
+def _pool(scores: Sequence[EstimatorScores]) -> EstimatorScores:
+    return EstimatorScores(*(np.concatenate(parts) for parts in zip(*scores)))
+
+
+def fidelity_rows(exp: Experiment, results: Mapping[str, OuterResult],
+                  methods: Sequence[str] = (*METHODS, "zero")) -> list[dict]:
+    """The fidelity table: per estimator, medians and rates over the windows of each
+    recording of experiment `fidelity`, then pooled per convention for Z and over all.
+
+    **Returns:** rows with `recording`, `estimator`, `windows`, `median error`,
+    `median cosine`, `sign agreement`, `beats local`, `fallback rate`, `ms per estimate`.
+    """
+    recordings: dict[str, list[tuple[RunSpec, OuterResult]]] = {}
+    for spec, result in _paired(exp, results):
+        z = "Z reset" if spec.outer.reset_tangents else "Z carried"
+        phi = "φ fixed" if spec.outer.outer_lr == 0 else "φ moving"
+        recordings[f"{spec.optimizer.upper() if spec.optimizer == 'sgd' else 'Adam'}, {z}, "
+                   f"{phi}"] = [(spec, result)]
+        recordings.setdefault(f"all, {z}", []).append((spec, result))
+        recordings.setdefault("all", []).append((spec, result))
+    order = sorted(recordings, key=lambda k: (k.startswith("all"), k == "all"))
+    cache = {(spec.label, method): estimator_scores(result, method)
+             for spec, result in _paired(exp, results) for method in methods}
+    rows = []
+    for name in order:
+        for method in methods:
+            pooled = _pool([cache[(spec.label, method)] for spec, _ in recordings[name]])
+            rows.append({
+                "recording": name, "estimator": method, "windows": len(pooled.error),
+                "median error": float(np.median(pooled.error)),
+                "median cosine": float(np.median(pooled.cosine)),
+                "sign agreement": float(np.mean(pooled.sign)),
+                "beats local": float(np.mean(pooled.beats_local)),
+                "fallback rate": float(np.mean(pooled.fallback)),
+                "ms per estimate": 1e3 * float(np.mean(pooled.seconds)),
+            })
+    return rows
+
+
+def format_fidelity(rows: Sequence[Mapping]) -> list[dict]:
+    """`fidelity_rows` rounded for reading: three significant digits, rates to two places."""
+    def fmt(key, value):
+        if not isinstance(value, float):
+            return value
+        if not np.isfinite(value):
+            return "–"
+        return f"{value:.2f}" if key in ("sign agreement", "beats local", "fallback rate") \
+            else f"{value:.3g}"
+    return [{k: fmt(k, v) for k, v in row.items()} for row in rows]
+
+
+def best_estimator(rows: Sequence[Mapping], recording: str = "all", *,
+                   tie: float = 0.01) -> str:
+    """The estimator the fidelity table finds closest to h_T on `recording`.
+
+    The criterion, in order: the lowest median relative error, among the estimators whose
+    median cosine and sign agreement are at least the local hypergradient's (a smaller error
+    in the wrong direction does not help the outer Adam); within `tie` of that error, the
+    simplest (`SIMPLICITY`).
+    """
+    candidates = {r["estimator"]: r for r in rows
+                  if r["recording"] == recording and r["estimator"] in SIMPLICITY}
+    local = candidates["local"]
+    fine = {k: r for k, r in candidates.items()
+            if r["median cosine"] >= local["median cosine"]
+            and r["sign agreement"] >= local["sign agreement"]} or candidates
+    best = min(r["median error"] for r in fine.values())
+    return next(k for k in SIMPLICITY if k in fine and fine[k]["median error"] <= best + tie)
+
+
+# One colour per estimator in the fidelity figure; the two baselines in the strategy colours.
+ESTIMATOR_COLORS = {"local": STRATEGY_COLORS["local"], "mean": "#1f77b4", "affine": "#17becf",
+                    "rre": "#bcbd22", "paper": STRATEGY_COLORS["glocal-paper"],
+                    "fbdmd": "#8c564b", "tlsdmd": "#e377c2"}
+
+
+def plot_fidelity(ax: Axes, rows: Sequence[Mapping], *, value: str = "median error") -> Axes:
+    """Grouped bars of `fidelity_rows`: one group per recording, one bar per estimator
+    (`value`: a numeric column, e.g. `"median error"` or `"beats local"`). With
+    `"median error"` a dashed line at 1 marks what predicting zero scores."""
+    recordings = list(dict.fromkeys(r["recording"] for r in rows))
+    methods = [m for m in ESTIMATOR_COLORS if any(r["estimator"] == m for r in rows)]
+    width = 0.8 / len(methods)
+    table = {(r["recording"], r["estimator"]): r[value] for r in rows}
+    x = np.arange(len(recordings))
+    for i, method in enumerate(methods):
+        ax.bar(x - 0.4 + width * (i + 0.5), [table.get((rec, method), np.nan) for rec in recordings],
+               width, color=ESTIMATOR_COLORS[method], label=method,
+               hatch="//" if method == "local" else None, edgecolor="white", lw=0.3)
+    if value == "median error":
+        ax.axhline(1, color="k", ls="--", lw=1, label="zero (predict nothing)")
+    ax.set_xticks(x, labels=[rec.replace(", ", "\n") for rec in recordings], fontsize=8)
+    ax.set(ylabel=value)
+    return ax
+
+
+def summary_lines(rows: Sequence[Mapping], default: str = DEFAULT_METHOD) -> list[str]:
+    """What a reader wants from the pooled rows, one line each: per pooled group, the
+    estimator closest to h_T and where the paper's rule stands beside local and the mean;
+    then the default against the bar set for it (a median error at most 0.7 times local's,
+    closer than local in at least 70% of windows, under both conventions for Z)."""
+    def row(recording, estimator):
+        return next(r for r in rows if (r["recording"], r["estimator"]) == (recording, estimator))
+
+    lines = []
+    for recording in dict.fromkeys(r["recording"] for r in rows if r["recording"].startswith("all")):
+        paper, local, mean = (row(recording, k) for k in ("paper", "local", "mean"))
+        best = row(recording, best_estimator(rows, recording))
+        lines.append(
+            f"{recording}: closest to h_T: {best['estimator']} (median error "
+            f"{best['median error']:.3g}, {best['median error'] / local['median error']:.2f}x "
+            f"local's; closer than local in {best['beats local']:.0%} of windows). The paper's "
+            f"rule: median error {paper['median error']:.3g} against local "
+            f"{local['median error']:.3g} and the window mean {mean['median error']:.3g}, closer "
+            f"than local in {paper['beats local']:.0%} of windows, falls back in "
+            f"{paper['fallback rate']:.0%}.")
+    lines.append(f"the library's default estimator: {default}")
+    for recording in ("all, Z reset", "all, Z carried"):
+        chosen, local = row(recording, default), row(recording, "local")
+        ratio, share = chosen["median error"] / local["median error"], chosen["beats local"]
+        lines.append(
+            f"target on {recording}: median error <= 0.7x local's ({ratio:.2f}x: "
+            f"{'met' if ratio <= 0.7 else 'not met'}), closer than local in >= 70% of windows "
+            f"({share:.1%}: {'met' if share >= 0.7 else 'not met'})")
+    return lines
+
+
+def fidelity_figure(exp: Experiment, rows: Sequence[Mapping]) -> Figure:
+    """Two panels over every recording: median relative error (with predicting zero at 1)
+    and the share of windows closer to h_T than local (with one half dotted)."""
+    fig, axes = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True, layout="constrained")
+    per_recording = [r for r in rows if r["estimator"] != "zero"]
+    plot_fidelity(axes[0], per_recording, value="median error")
+    plot_fidelity(axes[1], per_recording, value="beats local")
+    axes[1].axhline(0.5, color="0.5", ls=":", lw=1)
+    axes[0].set(title="Median relative error to the global hypergradient (lower is better)")
+    axes[1].set(title="Share of windows closer to $h_T$ than the local hypergradient "
+                      "(higher is better)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=8,
+               fontsize=8)
+    fig.suptitle(f"Steady-state estimators against h_T, per recording ({provenance(exp)})",
+                 fontsize=9)
+    return fig
