@@ -9,6 +9,7 @@ h_T; `best_estimator` states the criterion that chose `glocal_core.DEFAULT_METHO
 Import it as `import glocal_core.fidelity as gf`.
 """
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -119,14 +120,15 @@ def fidelity_rows(exp: Experiment, results: Mapping[str, OuterResult],
 
 
 def format_fidelity(rows: Sequence[Mapping]) -> list[dict]:
-    """`fidelity_rows` rounded for reading: three significant digits, rates to two places."""
+    """Rows of `fidelity_rows` or `compact_rows` rounded for reading: three significant
+    digits, rates (sign agreement, beats local, fallback rate) to two places."""
     def fmt(key, value):
         if not isinstance(value, float):
             return value
         if not np.isfinite(value):
             return "–"
-        return f"{value:.2f}" if key in ("sign agreement", "beats local", "fallback rate") \
-            else f"{value:.3g}"
+        rate = key.startswith(("sign agreement", "beats local", "fallback rate"))
+        return f"{value:.2f}" if rate else f"{value:.3g}"
     return [{k: fmt(k, v) for k, v in row.items()} for row in rows]
 
 
@@ -175,7 +177,28 @@ def plot_fidelity(ax: Axes, rows: Sequence[Mapping], *, value: str = "median err
     return ax
 
 
-def summary_lines(rows: Sequence[Mapping], default: str = DEFAULT_METHOD) -> list[str]:
+def compact_rows(rows: Sequence[Mapping]) -> list[dict]:
+    """The pooled rows, one per estimator, the two conventions for Z side by side: what fits
+    a page (the CLI prints every row)."""
+    table = {(r["recording"], r["estimator"]): r for r in rows}
+    out = []
+    for method in dict.fromkeys(r["estimator"] for r in rows):
+        reset, carried = table[("all, Z reset", method)], table[("all, Z carried", method)]
+        both = table[("all", method)]
+        out.append({
+            "estimator": method,
+            "median error, Z reset": reset["median error"],
+            "median error, Z carried": carried["median error"],
+            "beats local, Z reset": reset["beats local"],
+            "beats local, Z carried": carried["beats local"],
+            "median cosine": both["median cosine"],
+            "fallback rate": both["fallback rate"],
+        })
+    return out
+
+
+def summary_lines(rows: Sequence[Mapping], default: str = DEFAULT_METHOD, *,
+                  width: int = 88) -> list[str]:
     """What a reader wants from the pooled rows, one line each: per pooled group, the
     estimator closest to h_T and where the paper's rule stands beside local and the mean;
     then the default against the bar set for it (a median error at most 0.7 times local's,
@@ -184,13 +207,14 @@ def summary_lines(rows: Sequence[Mapping], default: str = DEFAULT_METHOD) -> lis
         return next(r for r in rows if (r["recording"], r["estimator"]) == (recording, estimator))
 
     lines = []
-    for recording in dict.fromkeys(r["recording"] for r in rows if r["recording"].startswith("all")):
+    groups = dict.fromkeys(r["recording"] for r in rows if r["recording"].startswith("all"))
+    for recording in groups:
         paper, local, mean = (row(recording, k) for k in ("paper", "local", "mean"))
         best = row(recording, best_estimator(rows, recording))
         lines.append(
             f"{recording}: closest to h_T: {best['estimator']} (median error "
             f"{best['median error']:.3g}, {best['median error'] / local['median error']:.2f}x "
-            f"local's; closer than local in {best['beats local']:.0%} of windows). The paper's "
+            f"local's; closer than local in {best['beats local']:.1%} of windows). The paper's "
             f"rule: median error {paper['median error']:.3g} against local "
             f"{local['median error']:.3g} and the window mean {mean['median error']:.3g}, closer "
             f"than local in {paper['beats local']:.0%} of windows, falls back in "
@@ -203,13 +227,13 @@ def summary_lines(rows: Sequence[Mapping], default: str = DEFAULT_METHOD) -> lis
             f"target on {recording}: median error <= 0.7x local's ({ratio:.2f}x: "
             f"{'met' if ratio <= 0.7 else 'not met'}), closer than local in >= 70% of windows "
             f"({share:.1%}: {'met' if share >= 0.7 else 'not met'})")
-    return lines
+    return [textwrap.fill(line, width, subsequent_indent="    ") for line in lines]
 
 
 def fidelity_figure(exp: Experiment, rows: Sequence[Mapping]) -> Figure:
     """Two panels over every recording: median relative error (with predicting zero at 1)
     and the share of windows closer to h_T than local (with one half dotted)."""
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True, layout="constrained")
     per_recording = [r for r in rows if r["estimator"] != "zero"]
     plot_fidelity(axes[0], per_recording, value="median error")
     plot_fidelity(axes[1], per_recording, value="beats local")
@@ -217,8 +241,8 @@ def fidelity_figure(exp: Experiment, rows: Sequence[Mapping]) -> Figure:
     axes[0].set(title="Median relative error to the global hypergradient (lower is better)")
     axes[1].set(title="Share of windows closer to $h_T$ than the local hypergradient "
                       "(higher is better)")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=8,
-               fontsize=8)
-    fig.suptitle(f"Steady-state estimators against h_T, per recording ({provenance(exp)})",
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4,
+               fontsize=9)
+    fig.suptitle(f"Steady-state estimators against h_T, per recording\n({provenance(exp)})",
                  fontsize=9)
     return fig

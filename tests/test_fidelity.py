@@ -42,3 +42,23 @@ def test_best_estimator_needs_alignment_and_prefers_the_simplest():
             row("affine", 0.5, cosine=0.1)]  # lowest error, but pointing elsewhere
     assert gf.best_estimator(rows) == "mean"  # within 0.01 of rre, and simpler
     assert gf.best_estimator(rows, tie=0.001) == "rre"
+
+
+def test_compact_rows_put_both_conventions_side_by_side():
+    def row(recording, estimator, error):
+        return {"recording": recording, "estimator": estimator, "median error": error,
+                "beats local": 0.5, "median cosine": 0.9, "fallback rate": 0.0,
+                "sign agreement": 0.7}
+
+    rows = [row(rec, est, err) for est, errs in (("local", (1.0, 2.0, 1.5)),
+                                                 ("mean", (0.8, 1.2, 1.0)),
+                                                 ("paper", (0.9, 1.9, 1.4)))
+            for rec, err in zip(("all, Z reset", "all, Z carried", "all"), errs)]
+    compact = gf.compact_rows(rows)
+    assert [r["estimator"] for r in compact] == ["local", "mean", "paper"]
+    assert compact[1]["median error, Z reset"] == 0.8
+    assert compact[1]["median error, Z carried"] == 1.2
+    assert gf.format_fidelity(compact)[1]["beats local, Z reset"] == "0.50"
+    lines = gf.summary_lines(rows, "mean", width=60)
+    assert all(len(line) <= 60 for text in lines for line in text.split("\n"))
+    assert "target on all, Z reset" in lines[-2] and "0.80x" in lines[-2]
