@@ -12,11 +12,19 @@ ax.set(title=f"Hankel DMD eigenvalues ({caption(PROFILE, data.name)})")
 
 The near-one eigenvalues and their modes are drawn in the colour of the `glocal` strategy:
 they are the part of the DMD that the glocal estimate keeps (Eq. 14).
+
+Figures are sized for the book's text width (`BOOK_WIDTH`): `panel_grid` lays out any number
+of panels at most two per row, and `shared_legend` puts one legend under them. The chapters
+use the house style `plt.style.use("glocal_core.book")` (`book.mplstyle`): 10 pt ticks, which
+read at 8 pt or more wherever the browser scales a figure to at least 80% (the built-book
+browser test checks that every figure is shown at that scale or larger).
 """
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.patches as mpatches
+import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.axes import Axes
@@ -36,6 +44,9 @@ STRATEGY_COLORS: dict[str, str] = {
 # back in every window and retraces the local run, both lines stay visible.
 STRATEGY_LINEWIDTHS: dict[str, float] = {"none": 1.5, "local": 3.0, "global": 2.2, "glocal": 1.4,
                                          "glocal-paper": 1.8}
+# The book's text width in inches at the style's 100 dpi: about 800 px, the width of the
+# article column of the book's theme (measured in Chromium at window widths 1100-1920).
+BOOK_WIDTH = 8.0
 # Eigenvalues and modes that the glocal estimate drops.
 OTHER_MODES_COLOR = "#1f77b4"
 UNIT_CIRCLE_COLOR = "0.6"
@@ -50,6 +61,55 @@ def caption(profile: str, data: str | None = None) -> str:
     - `data`: the dataset's name; `None` for synthetic systems.
     """
     return f"{data if data is not None else 'synthetic'}; profile {profile}"
+
+
+def panel_grid(count: int, *, per: int = 1, ncols: int = 2, height: float = 2.8,
+               width: float = BOOK_WIDTH, **subplots):
+    """A figure of `count` panels at the book's width, at most `ncols` axes per row.
+
+    **Arguments:**
+
+    - `count`: the number of panels (e.g. one per dataset).
+    - `per`: axes per panel; each panel with `per > 1` starts a new row, so its axes stay
+        together (e.g. test accuracy and three hyperparameters as a 2×2 block).
+    - `ncols`, `height`: axes per row, and inches per row.
+    - `subplots`: passed to `plt.subplots` (`sharex`, `sharey`, ...).
+
+    **Returns:**
+
+    `(fig, panels)`: with `per == 1` a list of `count` axes, otherwise a list of `count`
+    lists of `per` axes. Axes left over in the last row are removed.
+    """
+    if count < 1 or per < 1 or ncols < 1:
+        raise ValueError(f"need count, per and ncols >= 1, got {count}, {per}, {ncols}.")
+    ncols = min(ncols, per if per > 1 else count)
+    rows_per = math.ceil(per / ncols)
+    nrows = count * rows_per if per > 1 else math.ceil(count / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(width, height * nrows), squeeze=False,
+                             layout="constrained", **subplots)
+    if per == 1:
+        axes = list(grid.flat)
+        used, panels = axes[:count], axes[:count]
+    else:
+        blocks = [list(grid[i * rows_per:(i + 1) * rows_per].flat)[:per] for i in range(count)]
+        used, panels = [ax for block in blocks for ax in block], blocks
+    for ax in grid.flat:
+        if not any(ax is u for u in used):
+            ax.remove()
+    return fig, panels
+
+
+def shared_legend(fig, axes, *, ncol: int = 4, **kwargs):
+    """One legend for the whole figure, under its panels: every distinct label of `axes`
+    (an `Axes`, or nested lists of them, as `panel_grid` returns), in drawing order."""
+    handles = {}
+    for ax in np.ravel(np.asarray(axes, dtype=object)):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if not handles:
+        return None
+    return fig.legend(handles.values(), handles.keys(), loc="outside lower center",
+                      ncol=min(ncol, len(handles)), **kwargs)
 
 
 def near_one(eigenvalues, delta: float) -> np.ndarray:

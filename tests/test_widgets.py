@@ -1,27 +1,23 @@
 """The τ/σ/m explorer: its grid of fits, its static HTML, and that page in a real browser.
 
-The browser tests drive Debian's headless Chromium through the Chrome DevTools Protocol
-(a websocket, `websocket-client`): no Playwright or Selenium browser download. They skip
+The browser tests drive Debian's headless Chromium, offline (`tests/_browser.py`); they skip
 when Chromium is missing, unless `GLOCAL_REQUIRE_BROWSER=1` (CI), where they fail instead.
 `GLOCAL_BOOK_HTML=<path to the built 03_glocal_estimation.html>` also tests the built
 chapter, and `GLOCAL_SCREENSHOT_DIR=<dir>` saves screenshots before and after each move.
 """
 
-import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import glocal_core.widgets as gw
+from _browser import Chromium, browser_or_skip, screenshot_dir
 from glocal_core import hankel_dmd
 from glocal_core.plotting import mode_magnitudes
 
@@ -158,85 +154,8 @@ def test_import_glocal_core_skips_the_book_modules():
 
 # --- the static page in headless Chromium ----------------------------------------------
 
-INSTALL = "apt-get install chromium"
-
-
-def _browser_or_skip():
-    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
-                                                  "google-chrome"))), None)
-    try:
-        import websocket  # noqa: F401
-    except ImportError:
-        binary, why = None, "websocket-client is not installed (the `test` extra)"
-    else:
-        why = f"headless Chromium not found: {INSTALL}"
-    if binary is None:
-        if os.environ.get("GLOCAL_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"GLOCAL_REQUIRE_BROWSER=1 but {why}")
-        pytest.skip(why)
-    return binary
-
-
-class _Chromium:
-    """A headless Chromium and one page, driven over the DevTools Protocol."""
-
-    def __init__(self, binary: str, profile: Path):
-        import websocket
-
-        self.process = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--window-size=1100,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError("Chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        targets = json.load(opener.open(f"http://127.0.0.1:{port}/json/list", timeout=30))
-        page = next(t for t in targets if t["type"] == "page")
-        self.socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30,
-                                                  suppress_origin=True)
-        self.calls, self.events = 0, []
-        self.send("Runtime.enable")
-        self.send("Page.enable")
-
-    def send(self, method, **params):
-        self.calls += 1
-        self.socket.send(json.dumps({"id": self.calls, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv())
-            if message.get("id") == self.calls:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self.events.append(message)
-
-    def evaluate(self, expression):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def open(self, path: Path):
-        self.send("Page.navigate", url=path.resolve().as_uri())
-        deadline = time.monotonic() + 60
-        while self.evaluate("document.readyState") != "complete":
-            assert time.monotonic() < deadline, "the page did not finish loading"
-            time.sleep(0.1)
-
-    def errors(self):
-        return [e for e in self.events if e.get("method") == "Runtime.exceptionThrown"]
-
-    def screenshot(self, path: Path):
-        data = self.send("Page.captureScreenshot", format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
+class _Explorer(Chromium):
+    """The page's static explorer, moved and read as a reader sees it."""
 
     def move_slider(self, root: str, name: str, fraction: float):
         """Click the slider's track at `fraction` of its width, as a reader would."""
@@ -262,29 +181,12 @@ class _Chromium:
             "invalid: getComputedStyle(msg).display !== 'none' ? msg.textContent : ''}; })()"
         )
 
-    def close(self):
-        if getattr(self, "socket", None) is not None:
-            self.socket.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 @pytest.fixture
 def chromium(tmp_path):
-    browser = _Chromium(_browser_or_skip(), tmp_path / "profile")
+    browser = _Explorer(browser_or_skip(), tmp_path / "profile")
     yield browser
     browser.close()
-
-
-def _screenshots():
-    directory = os.environ.get("GLOCAL_SCREENSHOT_DIR")
-    if directory:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-    return Path(directory) if directory else None
 
 
 def _check_sliders(chromium, root, moves, shots=None, prefix=""):
@@ -322,7 +224,7 @@ def test_static_sliders_redraw_in_chromium(chromium, tmp_path):
     root = ".glocal-explorer"
     assert chromium.figure(root)["setting"] == "40,20,4"
     last = _check_sliders(chromium, root, [("tau", 1.0), ("sigma", 1.0), ("m", 0.0)],
-                          _screenshots(), "synthetic_")
+                          screenshot_dir(), "synthetic_")
     assert last["setting"] == "60,30,2" and last["svgShown"] and not last["invalid"]
     # σ = 30 > τ = 20: the figure gives way to the explanation.
     chromium.move_slider(root, "tau", 0.0)
@@ -348,12 +250,9 @@ def test_built_chapter_sliders_redraw_in_chromium(chromium):
         pytest.skip("set GLOCAL_BOOK_HTML to the built 03_glocal_estimation.html to test it")
     html = Path(built).read_text(encoding="utf-8")
     assert "glocal-explorer" in html, "the page has no static explorer (GLOCAL_STATIC_WIDGETS=1?)"
-    # No widget manager and hence none of its CDN scripts. (MathJax and thebe, which the
-    # theme references on every page, are not the explorer's.)
+    # No widget manager and hence none of its CDN scripts.
     assert not re.search(r"@jupyter-widgets|html-manager|embed-amd|require(\.min)?\.js|"
                          r"application/vnd\.jupyter\.widget", html)
     chromium.open(Path(built))
-    _check_sliders(chromium, ".glocal-explorer", ["tau", "sigma", "m"], _screenshots(), "book_")
-    # The console is not checked here: the theme's sphinx-thebe declares THEBE_JS_URL twice
-    # on every page, a SyntaxError that is not the explorer's. Its own failures land in
-    # data-error, which `_check_sliders` checks.
+    _check_sliders(chromium, ".glocal-explorer", ["tau", "sigma", "m"], screenshot_dir(), "book_")
+    assert not chromium.errors(), chromium.errors()

@@ -1,0 +1,62 @@
+"""The book's figure layout: panels at most two per row at the book's width, one legend."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+import glocal_core.plotting as gplt  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.mark.parametrize("count, rows", [(1, 1), (2, 1), (3, 2), (4, 2)])
+def test_single_panels_flow_two_per_row(count, rows):
+    fig, axes = gplt.panel_grid(count, height=3.0)
+    assert len(axes) == count == len(fig.axes)
+    assert len({round(ax.get_position().y0, 3) for ax in axes}) == rows
+    assert tuple(fig.get_size_inches()) == pytest.approx((gplt.BOOK_WIDTH, 3.0 * rows))
+
+
+def test_multi_axis_panels_start_their_own_rows():
+    fig, blocks = gplt.panel_grid(2, per=3)  # e.g. accuracy, learning rate, weight decay
+    assert [len(b) for b in blocks] == [3, 3] and len(fig.axes) == 6
+    fig.canvas.draw()
+    top = [b[0].get_position().y0 for b in blocks]
+    # The second panel starts below every axis of the first: no row mixes two panels.
+    assert top[1] < min(ax.get_position().y0 for ax in blocks[0])
+    assert fig.get_size_inches()[1] == pytest.approx(4 * 2.8)
+
+
+def test_bad_layouts_raise():
+    with pytest.raises(ValueError, match="count, per and ncols"):
+        gplt.panel_grid(0)
+
+
+def test_shared_legend_has_each_label_once_under_the_panels():
+    fig, axes = gplt.panel_grid(2)
+    for ax in axes:
+        ax.plot([0, 1], [0, 1], color=gplt.STRATEGY_COLORS["local"], label="local")
+        ax.plot([0, 1], [1, 0], color=gplt.STRATEGY_COLORS["glocal"], label="glocal")
+    axes[1].plot([0, 1], [0.5, 0.5], label="global")
+    legend = gplt.shared_legend(fig, axes)
+    assert [t.get_text() for t in legend.get_texts()] == ["local", "glocal", "global"]
+    assert all(ax.get_legend() is None for ax in axes)
+    fig.canvas.draw()
+    box = legend.get_window_extent().transformed(fig.transFigure.inverted())
+    assert box.y1 <= min(ax.get_position().y0 for ax in axes) + 1e-6
+    assert gplt.shared_legend(*gplt.panel_grid(1)) is None  # nothing labelled: no legend
+
+
+def test_house_style_sizes_figures_for_the_book():
+    with plt.style.context("glocal_core.book"):
+        fig, axes = gplt.panel_grid(2)
+        assert fig.dpi == 100
+        assert fig.get_size_inches()[0] * fig.dpi <= 805  # the article column, in px
+        assert all(t.get_fontsize() >= 10 for ax in axes for t in ax.get_xticklabels())
