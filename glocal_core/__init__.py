@@ -19,10 +19,14 @@ from ._dmd import DMDFit as DMDFit
 from ._dmd import SteadyState as SteadyState
 from ._dmd import estimate_steady_state as estimate_steady_state
 from ._dmd import forecast as forecast
+from ._dmd import mode_contributions as mode_contributions
+from ._dmd import mode_magnitudes as mode_magnitudes
 from ._dmd import hankel as hankel
 from ._dmd import FALLBACK_KINDS as FALLBACK_KINDS
 from ._dmd import hankel_dmd as hankel_dmd
 from ._estimators import DEFAULT_METHOD as DEFAULT_METHOD
+from ._estimators import DMD_DEFAULTS as DMD_DEFAULTS
+from ._estimators import DMDSettings as DMDSettings
 from ._estimators import METHODS as METHODS
 from ._estimators import Estimate as Estimate
 from ._estimators import glocal_estimate as glocal_estimate

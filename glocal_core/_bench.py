@@ -118,8 +118,8 @@ def compare_modes(*, tau: int = 10, sigma: int = 8, batch_size: int = 32,
     problem (LeNet, q = 385), in forward and in reverse mode; compilation excluded.
 
     The default batch is 32, not 128: forward mode pushes 385 tangents through every
-    activation of the batch, and at 128 it did not fit in the 24 GiB of the CPU machine this
-    was written on (reverse mode needs σ cotangents only)."""
+    activation of the batch, which at 128 needs more than 24 GiB of host memory under XLA:CPU
+    (reverse mode needs σ cotangents only)."""
     key = jax.random.key(seed)
     k_model, k_meta, k_train, k_val, k_run = jax.random.split(key, 5)
 

@@ -209,8 +209,41 @@ def _unhankel(fit: DMDFit, coefficients: np.ndarray, shift: bool) -> np.ndarray:
     return np.einsum("kqr,kr,...r->...q", blocks, steps, coefficients) / fit.m
 
 
+def mode_contributions(fit: DMDFit, n) -> np.ndarray:
+    """Each mode's term of the forecast `n` steps after the window, in hypergradient space:
+    `g^{-1}(b_j λ_j^n u_j)` (Eq. 13). The one place the book evaluates Eq. 13: `forecast` sums
+    these terms, and the plots and the widget draw their sizes (`mode_magnitudes`).
+
+    A conjugate pair of modes sums to a real term; mode `j`'s size is `|λ_j|^n` times its
+    size at `n = 0`, so it fades geometrically where `|λ_j| < 1` and stays put at `λ_j = 1`.
+
+    **Arguments:**
+
+    - `fit`: a `DMDFit` from `hankel_dmd`.
+    - `n`: a non-negative integer, or an array of them.
+
+    **Returns:**
+
+    Complex, `(rank, q)` for a scalar `n`, `(len(n), rank, q)` for an array.
+    """
+    n = np.asarray(n)
+    at_zero = _unhankel(fit, np.diag(fit.amplitudes), shift=True)  # (rank, q)
+    return (fit.eigenvalues ** n[..., None])[..., None] * at_zero
+
+
+def mode_magnitudes(fit: DMDFit, n, *, component: int | None = None) -> np.ndarray:
+    """The size of each mode's term of the forecast (`mode_contributions`): `|·|` of one
+    hyperparameter's `component` (the paper's Figure 4, middle, shows the learning rate's),
+    or the Euclidean norm over all `q` (`None`). `(rank,)` for a scalar `n`, else
+    `(len(n), rank)`."""
+    terms = mode_contributions(fit, n)
+    return np.abs(terms[..., component]) if component is not None else np.linalg.norm(
+        terms, axis=-1)
+
+
 def forecast(fit: DMDFit, n) -> np.ndarray:
-    """The DMD forecast of `h` at `n` steps after the last row of `H` (Eq. 13).
+    """The DMD forecast of `h` at `n` steps after the last row of `H` (Eq. 13): the real part
+    of the sum of `mode_contributions`.
 
     **Arguments:**
 
@@ -219,11 +252,9 @@ def forecast(fit: DMDFit, n) -> np.ndarray:
 
     **Returns:**
 
-    The real part of the forecast, `(q,)` for a scalar `n`, `(len(n), q)` for an array.
+    `(q,)` for a scalar `n`, `(len(n), q)` for an array.
     """
-    n = np.asarray(n)
-    coefficients = fit.amplitudes * fit.eigenvalues ** n[..., None]
-    return _unhankel(fit, coefficients, shift=True).real
+    return mode_contributions(fit, n).sum(axis=-2).real
 
 
 def estimate_steady_state(

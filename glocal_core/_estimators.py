@@ -52,6 +52,28 @@ METHODS = ("paper", "fbdmd", "tlsdmd", "affine", "rre", "mean", "local")
 DEFAULT_METHOD = "mean"
 
 
+class DMDSettings(NamedTuple):
+    """Every setting of a steady-state estimate in one public object; the defaults are the
+    library's (`DMD_DEFAULTS`), which plots, widgets and chapters read instead of copying.
+
+    **Fields:** `delta`, the `|λ − 1|` tolerance of Eq. 14; `rtol`, the relative singular-
+    value cut-off of the fits; `max_growth`, how many times the window's largest row norm an
+    estimate may reach before it falls back (`TOO_LARGE`); `method`, one of `METHODS`.
+    """
+
+    delta: float = _DELTA
+    rtol: float = _RTOL
+    max_growth: float = _MAX_GROWTH
+    method: str = DEFAULT_METHOD
+
+    def tolerances(self) -> dict:
+        """`delta`, `rtol` and `max_growth` as keyword arguments of `steady_state`."""
+        return {"delta": self.delta, "rtol": self.rtol, "max_growth": self.max_growth}
+
+
+DMD_DEFAULTS = DMDSettings()
+
+
 class Estimate(NamedTuple):
     """A steady-state estimate.
 

@@ -6,7 +6,7 @@ returns it, leaving titles (which name the profile, see `caption`) to the caller
 
 ```python
 fig, ax = plt.subplots()
-plot_eigenvalues(ax, fit, delta=1e-2)
+plot_eigenvalues(ax, fit)
 ax.set(title=f"Hankel DMD eigenvalues ({caption(PROFILE, data.name)})")
 ```
 
@@ -29,7 +29,8 @@ import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.axes import Axes
 
-from ._dmd import DMDFit, _unhankel
+from ._dmd import DMDFit, mode_magnitudes
+from ._estimators import DMD_DEFAULTS
 
 # matplotlib's tab10, fixed per strategy so that every figure of the book agrees; local and
 # global keep the orange and green that chapter 2 gives h_tau and h_T.
@@ -118,34 +119,7 @@ def near_one(eigenvalues, delta: float) -> np.ndarray:
     return np.abs(np.asarray(eigenvalues) - 1.0) <= delta
 
 
-def mode_magnitudes(fit: DMDFit, steps, *, component: int | None = None) -> np.ndarray:
-    """`|b_j λ_j^t u_j|` mapped back to hypergradient space: each mode's share of the DMD
-    forecast `t` steps after the window (Eq. 13; the paper's Figure 4, middle).
-
-    Mode `j` contributes `g^{-1}(b_j λ_j^t u_j)` to `forecast(fit, t)`, and its size is
-    `|λ_j|^t` times its size at `t = 0`, so a mode with `|λ_j| < 1` fades geometrically and
-    one with `λ_j = 1` stays put.
-
-    **Arguments:**
-
-    - `fit`: a `DMDFit`.
-    - `steps`: the times `t >= 0` after the window, an int or an array of them.
-    - `component`: the hyperparameter to measure (the paper shows the learning rate's);
-        `None` takes the Euclidean norm over all `q`.
-
-    **Returns:**
-
-    An array `(len(steps), rank)` of non-negative magnitudes (`(rank,)` for a scalar `t`).
-    """
-    per_mode = _unhankel(fit, np.diag(fit.amplitudes), shift=True)  # (rank, q) at t = 0
-    size = np.abs(per_mode[:, component]) if component is not None else np.linalg.norm(
-        per_mode, axis=1
-    )
-    steps = np.asarray(steps)
-    return size * np.abs(fit.eigenvalues) ** steps[..., None]
-
-
-def plot_eigenvalues(ax: Axes, fit_or_eigenvalues, *, delta: float = 1e-2) -> Axes:
+def plot_eigenvalues(ax: Axes, fit_or_eigenvalues, *, delta: float = DMD_DEFAULTS.delta) -> Axes:
     """DMD eigenvalues against the unit circle, those within `delta` of 1 highlighted
     (the paper's Figure 4, left).
 
@@ -185,7 +159,7 @@ def plot_mode_decay(
     fit: DMDFit,
     steps,
     *,
-    delta: float = 1e-2,
+    delta: float = DMD_DEFAULTS.delta,
     component: int | None = None,
     decades: float = 8,
 ) -> Axes:

@@ -11,8 +11,9 @@ Two front ends show it; both compute every point with `fit_point`:
 
 - `live_explorer`: ipywidgets sliders that re-fit the DMD on every move and redraw with the
   helpers of `glocal_core.plotting`. Needs a kernel (Jupyter, Colab).
-- `static_explorer_html`: the same three sliders as HTML `<input type="range">` over a grid
-  precomputed by `explorer_grid`, drawn as SVG by an inline script from embedded JSON.
+- `static_explorer_html` (in `_static_explorer`, re-exported here): the same three sliders as
+  HTML `<input type="range">` over a grid precomputed by `explorer_grid`, drawn as SVG by the
+  package's `explorer.js` from embedded JSON.
   It needs no kernel, no ipywidgets and no external URL, so it works in the built book,
   offline.
 
@@ -28,8 +29,6 @@ This module imports matplotlib (through `glocal_core.plotting`); ipywidgets is i
 when a live explorer is built. `import glocal_core` imports neither.
 """
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -37,10 +36,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ._dmd import SteadyState, estimate_steady_state
+from ._estimators import DMD_DEFAULTS
+from ._static_explorer import describe, grid_json, static_explorer_html  # noqa: F401
 from .plotting import (
-    OTHER_MODES_COLOR,
-    STRATEGY_COLORS,
-    mode_magnitudes,
     plot_eigenvalues,
     plot_hypergradients,
     plot_mode_decay,
@@ -123,7 +121,7 @@ def _relative_error(value: np.ndarray, target: np.ndarray) -> float:
     return float(np.linalg.norm(value - target) / np.linalg.norm(target))
 
 
-def fit_point(H, target, tau: int, sigma: int, m: int, *, delta: float = 1e-2) -> GridPoint:
+def fit_point(H, target, tau: int, sigma: int, m: int, *, delta: float = DMD_DEFAULTS.delta) -> GridPoint:
     """The glocal estimate from `H[tau-sigma:tau]` with `m` delays, against `target`.
 
     **Arguments:**
@@ -183,7 +181,7 @@ def explorer_grid(
     ms: Sequence[int],
     names: Sequence[str],
     initial: tuple[int, int, int] | None = None,
-    delta: float = 1e-2,
+    delta: float = DMD_DEFAULTS.delta,
     component: int = 0,
     title: str = "",
 ) -> ExplorerGrid:
@@ -242,20 +240,6 @@ def plot_point(point: GridPoint, grid_like: ExplorerGrid, axes) -> None:
                       f"local {point.error_local:.3g}")
 
 
-def _describe(point: GridPoint, delta: float) -> str:
-    state = point.state
-    kept = int(np.sum(state.kept))
-    closest = state.fit.eigenvalues[np.argmin(np.abs(state.fit.eigenvalues - 1))] \
-        if state.fit.rank else None
-    near = (f"; closest to 1: {closest.real:.4f}{closest.imag:+.4f}i "
-            f"(|λ − 1| = {abs(closest - 1):.3g})" if closest is not None else "")
-    outcome = f"fell back to the local hypergradient: {state.reason}" if state.fallback \
-        else f"{kept} eigenvalue(s) within δ = {delta:g} of 1 kept"
-    return (f"rank {state.fit.rank}, spectral radius {state.spectral_radius:.4f}{near}. "
-            f"Glocal {outcome}. Relative error against the global h_T: glocal "
-            f"{point.error_glocal:.3g}, local h_τ {point.error_local:.3g}.")
-
-
 def live_explorer(
     H,
     target=None,
@@ -265,7 +249,7 @@ def live_explorer(
     ms: Sequence[int],
     names: Sequence[str],
     initial: tuple[int, int, int] | None = None,
-    delta: float = 1e-2,
+    delta: float = DMD_DEFAULTS.delta,
     component: int = 0,
     title: str = "",
 ):
@@ -301,252 +285,10 @@ def live_explorer(
         # display + close rather than plt.show(): the same under every matplotlib backend.
         display(fig)
         plt.close(fig)
-        print(_describe(point, delta))
+        print(describe(point, delta))
 
     output = ipywidgets.interactive_output(show, sliders)
     return ipywidgets.VBox([ipywidgets.HBox(list(sliders.values())), output])
-
-
-def _round(values, digits: int = 4) -> list:
-    """Floats to `digits` significant digits, for a compact JSON; `null` where not finite
-    (JSON has no NaN or infinity)."""
-    return [float(f"{v:.{digits}g}") if np.isfinite(v) else None
-            for v in np.asarray(values, dtype=float).ravel()]
-
-
-def _point_json(point: GridPoint, grid: ExplorerGrid) -> dict:
-    if point.invalid:
-        return {"invalid": point.invalid}
-    state = point.state
-    return {
-        "re": _round(state.fit.eigenvalues.real, 6),
-        "im": _round(state.fit.eigenvalues.imag, 6),
-        "kept": [int(k) for k in state.kept],
-        "mag": _round(mode_magnitudes(state.fit, 0, component=grid.component)),
-        "est": _round(state.value),
-        "local": _round(state.local),
-        "fallback": bool(state.fallback),
-        "errGlocal": _round([point.error_glocal])[0],
-        "errLocal": _round([point.error_local])[0],
-        "text": _describe(point, grid.delta),
-    }
-
-
-def grid_json(grid: ExplorerGrid) -> dict:
-    """The JSON-ready content of a static explorer: slider values, and per point (τ-major,
-    then σ, then m) the eigenvalues, the kept mask, each mode's size at the end of the window
-    (the page draws `size_j |λ_j|^t`), the hypergradients and a sentence on the fit; an
-    invalid point holds only its `invalid` sentence."""
-    return {
-        "taus": list(grid.taus), "sigmas": list(grid.sigmas), "ms": list(grid.ms),
-        "initial": list(grid.initial), "horizon": grid.horizon, "names": list(grid.names),
-        "component": grid.component, "delta": grid.delta, "target": _round(grid.target),
-        "title": grid.title, "colors": {**STRATEGY_COLORS, "other": OTHER_MODES_COLOR},
-        "points": [_point_json(grid.points[(tau, sigma, m)], grid)
-                   for tau in grid.taus for sigma in grid.sigmas for m in grid.ms],
-    }
-
-
-_STYLE = """
-#{uid} {{ font-family: sans-serif; font-size: 13px; margin: 0.5em 0; }}
-#{uid} .gx-title {{ font-weight: bold; margin-bottom: 0.3em; }}
-#{uid} .gx-controls {{ display: flex; flex-wrap: wrap; gap: 0.4em 1.5em; }}
-#{uid} label {{ display: flex; align-items: center; gap: 0.4em; }}
-#{uid} input[type=range] {{ width: 11em; }}
-#{uid} output {{ display: inline-block; min-width: 2.5em; font-variant-numeric: tabular-nums; }}
-#{uid} svg {{ width: 100%; height: auto; max-width: 960px; display: block; }}
-#{uid} .gx-invalid {{ border: 1px solid #d62728; background: #fdf0f0; padding: 0.8em;
-  margin: 0.5em 0; max-width: 940px; }}
-#{uid} .gx-text {{ max-width: 940px; }}
-"""
-
-# Vanilla JS, no dependency: draws three SVG panels from the embedded JSON on every slider
-# input. Kept free of `$` and backslashes so that neither MathJax nor Python escaping
-# touches it.
-_SCRIPT = r"""
-(function () {
-  var root = document.getElementById("__UID__");
-  // A failure is shown on the page and recorded in data-error, never left in the console only.
-  function fail(error) {
-    root.setAttribute("data-error", String(error));
-    var box = root.querySelector(".gx-invalid");
-    box.style.display = "";
-    box.textContent = "The explorer could not draw this setting: " + error;
-  }
-  try {
-  var data = JSON.parse(document.getElementById("__UID__-data").textContent);
-  var svg = root.querySelector("svg"), invalid = root.querySelector(".gx-invalid");
-  var text = root.querySelector(".gx-text"), inputs = root.querySelectorAll("input");
-  var NS = "http://www.w3.org/2000/svg", C = data.colors;
-  var axes = [data.taus, data.sigmas, data.ms];
-
-  function el(tag, attrs, parent, content) {
-    var node = document.createElementNS(NS, tag);
-    for (var k in attrs) node.setAttribute(k, attrs[k]);
-    if (content !== undefined) node.textContent = content;
-    (parent || svg).appendChild(node);
-    return node;
-  }
-  function fmt(v) { return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3)
-    ? v.toExponential(0) : String(+v.toPrecision(3)); }
-  // A panel: origin (x0, y0), size (w, h), data ranges; returns coordinate maps.
-  function panel(x0, y0, w, h, xr, yr, title, xlabel, ylabel) {
-    el("rect", {x: x0, y: y0, width: w, height: h, fill: "none", stroke: "#444"});
-    el("text", {x: x0 + w / 2, y: y0 - 8, "text-anchor": "middle", "font-size": 12}, null, title);
-    el("text", {x: x0 + w / 2, y: y0 + h + 32, "text-anchor": "middle", "font-size": 11}, null, xlabel);
-    el("text", {x: x0 - 40, y: y0 + h / 2, "text-anchor": "middle", "font-size": 11,
-                transform: "rotate(-90 " + (x0 - 40) + " " + (y0 + h / 2) + ")"}, null, ylabel);
-    return {
-      x: function (v) { return x0 + (v - xr[0]) / (xr[1] - xr[0]) * w; },
-      y: function (v) { return y0 + h - (v - yr[0]) / (yr[1] - yr[0]) * h; },
-      xtick: function (v, label) {
-        var X = this.x(v);
-        el("line", {x1: X, x2: X, y1: y0 + h, y2: y0 + h + 4, stroke: "#444"});
-        el("text", {x: X, y: y0 + h + 16, "text-anchor": "middle", "font-size": 10}, null, label);
-      },
-      ytick: function (v, label) {
-        var Y = this.y(v);
-        el("line", {x1: x0 - 4, x2: x0, y1: Y, y2: Y, stroke: "#444"});
-        el("text", {x: x0 - 6, y: Y + 3, "text-anchor": "end", "font-size": 10}, null, label);
-      }
-    };
-  }
-
-  function eigenvalues(p) {
-    var R = 1.1, i;
-    for (i = 0; i < p.re.length; i++) R = Math.max(R, 1.1 * Math.hypot(p.re[i], p.im[i]));
-    var P = panel(60, 40, 240, 240, [-R, R], [-R, R], "eigenvalues λ (rank " + p.re.length + ")",
-                  "Re λ", "Im λ");
-    [-1, 0, 1].forEach(function (v) { P.xtick(v, String(v)); P.ytick(v, String(v)); });
-    var s = P.x(1) - P.x(0);
-    el("line", {x1: P.x(-R), x2: P.x(R), y1: P.y(0), y2: P.y(0), stroke: "#ccc"});
-    el("line", {x1: P.x(0), x2: P.x(0), y1: P.y(-R), y2: P.y(R), stroke: "#ccc"});
-    el("circle", {cx: P.x(0), cy: P.y(0), r: s, fill: "none", stroke: "#999"});
-    el("circle", {cx: P.x(1), cy: P.y(0), r: Math.max(s * data.delta, 1.5), fill: C.glocal,
-                  "fill-opacity": 0.2});
-    for (i = 0; i < p.re.length; i++) {
-      var kept = p.kept[i] === 1;
-      el("circle", {cx: P.x(p.re[i]), cy: P.y(p.im[i]), r: kept ? 4.5 : 3.5,
-                    fill: kept ? C.glocal : "none", stroke: kept ? C.glocal : C.other,
-                    "class": kept ? "gx-kept" : "gx-other"});
-    }
-  }
-
-  function modes(p, tau) {
-    var steps = Math.max(data.horizon - tau, 1), n = 60, lines = [], lo = Infinity, hi = 0, i, k;
-    for (i = 0; i < p.mag.length; i++) {
-      var a = Math.hypot(p.re[i], p.im[i]), pts = [];
-      for (k = 0; k <= n; k++) {
-        var t = steps * k / n, v = p.mag[i] * Math.pow(a, t);
-        if (v > 0 && isFinite(v)) { pts.push([t, Math.log10(v)]); hi = Math.max(hi, v); lo = Math.min(lo, v); }
-      }
-      lines.push(pts);
-    }
-    if (!(hi > 0)) { hi = 1; lo = 0.1; }
-    var top = Math.ceil(Math.log10(hi)), bottom = Math.max(Math.floor(Math.log10(lo)), top - 8);
-    if (bottom === top) bottom = top - 1;
-    var name = data.names[data.component];
-    var P = panel(370, 40, 250, 240, [0, steps], [bottom, top],
-                  "modes of " + name + " until T = " + data.horizon,
-                  "steps t after the window", "|b λ^t u|");
-    [0, Math.round(steps / 2), steps].forEach(function (v) { P.xtick(v, String(v)); });
-    var every = Math.ceil((top - bottom) / 6);
-    for (k = bottom; k <= top; k += every) P.ytick(k, "1e" + k);
-    var order = p.kept.map(function (kept, j) { return [kept, j]; }).sort(function (a, b) { return a[0] - b[0]; });
-    order.forEach(function (o) {
-      var j = o[1], pts = lines[j].filter(function (q) { return q[1] >= bottom; });
-      if (pts.length < 2) return;
-      el("polyline", {points: pts.map(function (q) { return P.x(q[0]) + "," + P.y(q[1]); }).join(" "),
-                      fill: "none", stroke: o[0] ? C.glocal : C.other,
-                      "stroke-width": o[0] ? 2 : 1, "stroke-opacity": o[0] ? 1 : 0.6});
-    });
-  }
-
-  function bars(p) {
-    var series = [["local", p.local], ["glocal", p.est], ["global", data.target]];
-    var q = data.names.length, M = 1.2, i, j;
-    var scale = data.target.map(function (v) { return Math.abs(v) > 0 ? Math.abs(v) : 1; });
-    series.forEach(function (s) { s[1].forEach(function (v, i) { M = Math.max(M, 1.1 * Math.abs(v / scale[i])); }); });
-    var P = panel(700, 40, 240, 240, [0, q], [-M, M],
-                  "error vs global: glocal " + fmt(p.errGlocal) + ", local " + fmt(p.errLocal),
-                  "hyperparameter", "hypergradient / |global|");
-    el("line", {x1: P.x(0), x2: P.x(q), y1: P.y(0), y2: P.y(0), stroke: "#000"});
-    [-M, 0, M].forEach(function (v) { P.ytick(v, fmt(v)); });
-    for (i = 0; i < q; i++) {
-      P.xtick(i + 0.5, data.names[i]);
-      for (j = 0; j < 3; j++) {
-        var v = series[j][1][i] / scale[i], x = P.x(i + 0.1 + 0.8 * j / 3), w = P.x(0.8 / 3) - P.x(0);
-        el("rect", {x: x, y: Math.min(P.y(v), P.y(0)), width: w, height: Math.abs(P.y(v) - P.y(0)),
-                    fill: C[series[j][0]]});
-      }
-    }
-    series.forEach(function (s, j) {
-      el("rect", {x: 712, y: 50 + 14 * j, width: 10, height: 10, fill: C[s[0]]});
-      el("text", {x: 726, y: 59 + 14 * j, "font-size": 10},
-         null, s[0] + (s[0] === "glocal" && p.fallback ? " (fell back: local)" : ""));
-    });
-  }
-
-  function render() {
-    var idx = [], i;
-    for (i = 0; i < 3; i++) {
-      idx.push(+inputs[i].value);
-      inputs[i].nextElementSibling.textContent = axes[i][idx[i]];
-    }
-    var p = data.points[(idx[0] * data.sigmas.length + idx[1]) * data.ms.length + idx[2]];
-    root.setAttribute("data-setting", axes[0][idx[0]] + "," + axes[1][idx[1]] + "," + axes[2][idx[2]]);
-    while (svg.firstChild) svg.removeChild(svg.firstChild);
-    if (p.invalid) {
-      svg.style.display = "none"; text.textContent = "";
-      invalid.style.display = ""; invalid.textContent = p.invalid;
-      return;
-    }
-    svg.style.display = ""; invalid.style.display = "none";
-    eigenvalues(p); modes(p, axes[0][idx[0]]); bars(p);
-    text.textContent = p.text;
-  }
-  function update() {
-    try { render(); } catch (error) { fail(error); }
-  }
-  for (var i = 0; i < inputs.length; i++) inputs[i].addEventListener("input", update);
-  update();
-  } catch (error) { fail(error); }
-})();
-"""
-
-
-def static_explorer_html(grid: ExplorerGrid) -> str:
-    """A self-contained HTML fragment: three range sliders over the grid's values, an inline
-    SVG redrawn by an inline script from embedded JSON, and the explanation of an invalid
-    setting in place of the figure. It loads nothing: no external URL, no CDN, no require.js.
-    """
-    payload = json.dumps(grid_json(grid), separators=(",", ":"), ensure_ascii=False,
-                         allow_nan=False)
-    uid = "glocal-explorer-" + hashlib.sha1(payload.encode()).hexdigest()[:10]
-    sliders = "".join(
-        f'<label>{label} <input type="range" name="{name}" min="0" max="{len(values) - 1}" '
-        f'step="1" value="{values.index(start)}" aria-label="{name}"><output></output></label>'
-        for name, label, values, start in zip(("tau", "sigma", "m"), ("τ", "σ", "m"),
-                                              (grid.taus, grid.sigmas, grid.ms), grid.initial)
-    )
-    return (
-        f'<div id="{uid}" class="glocal-explorer">'
-        f"<style>{_STYLE.format(uid=uid)}</style>"
-        f'<div class="gx-title">{_escape(grid.title)}</div>'
-        f'<div class="gx-controls">{sliders}</div>'
-        f'<div class="gx-invalid" style="display:none"></div>'
-        f'<svg viewBox="0 0 960 320" xmlns="http://www.w3.org/2000/svg" role="img" '
-        f'aria-label="DMD eigenvalues, mode magnitudes and hypergradients"></svg>'
-        f'<div class="gx-text"></div>'
-        f'<script type="application/json" id="{uid}-data">'
-        f"{payload.replace('</', '<' + chr(92) + '/')}</script>"
-        f"<script>{_SCRIPT.replace('__UID__', uid)}</script>"
-        f"</div>"
-    )
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def static_mode() -> bool:
@@ -563,7 +305,7 @@ def explorer(
     ms: Sequence[int],
     names: Sequence[str],
     initial: tuple[int, int, int] | None = None,
-    delta: float = 1e-2,
+    delta: float = DMD_DEFAULTS.delta,
     component: int = 0,
     title: str = "",
     static: bool | None = None,

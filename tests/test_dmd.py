@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from glocal_core._dmd import estimate_steady_state, forecast, hankel, hankel_dmd
+from glocal_core._dmd import (estimate_steady_state, forecast, hankel, hankel_dmd,
+                              mode_contributions, mode_magnitudes)
 
 
 def glocal_estimate(H, sigma=80, m=10, **kwargs):
@@ -184,3 +185,30 @@ def test_invalid_arguments_name_the_argument(kwargs, name):
 def test_one_dimensional_trajectory_error_says_what_to_do():
     with pytest.raises(ValueError, match=r"H\[:, None\]"):
         hankel_dmd(np.ones(30), 5)
+
+
+def test_mode_contributions_are_the_terms_of_the_forecast():
+    """Eq. 13 in one place: the forecast is the sum of the modes' terms, and each term
+    scales by λ_j per step."""
+    t = np.arange(60)
+    H = np.stack([1 + 0.5 * 0.9**t, -1 + 0.3 * 0.8**t * np.cos(0.3 * t)], axis=1)
+    fit = hankel_dmd(H[:40], 5)
+    terms = mode_contributions(fit, np.arange(20))
+    assert terms.shape == (20, fit.rank, 2)
+    np.testing.assert_allclose(terms.sum(axis=1).real, forecast(fit, np.arange(20)), atol=1e-12)
+    np.testing.assert_allclose(forecast(fit, np.arange(20)), H[39:59], atol=1e-8)
+    np.testing.assert_allclose(terms[1:], terms[:-1] * fit.eigenvalues[None, :, None],
+                               atol=1e-12)
+    np.testing.assert_allclose(mode_magnitudes(fit, 3, component=1), np.abs(terms[3, :, 1]))
+
+
+def test_dmd_defaults_are_the_defaults_of_the_estimators():
+    import inspect
+
+    from glocal_core import DMD_DEFAULTS, DMDSettings, steady_state
+
+    signature = inspect.signature(estimate_steady_state).parameters
+    assert DMD_DEFAULTS == DMDSettings()
+    for name in ("delta", "rtol", "max_growth"):
+        assert getattr(DMD_DEFAULTS, name) == signature[name].default
+    assert DMD_DEFAULTS.method == inspect.signature(steady_state).parameters["method"].default

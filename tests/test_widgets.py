@@ -19,7 +19,7 @@ import pytest
 import glocal_core.widgets as gw
 from _browser import Chromium, browser_or_skip, screenshot_dir
 from glocal_core import hankel_dmd
-from glocal_core.plotting import mode_magnitudes
+from glocal_core import mode_magnitudes
 
 TAUS, SIGMAS, MS = (20, 40, 60), (10, 20, 30), (2, 4, 30)
 NAMES = ("learning_rate", "weight_decay")
@@ -127,7 +127,7 @@ def test_static_html_is_self_contained():
     assert len(html) < 200_000
 
 
-def test_explorer_switches_on_the_environment(monkeypatch):
+def test_explorer_switches_on_the_environment(monkeypatch, capsys):
     _, H = _linear_trajectory()
     kwargs = dict(taus=TAUS, sigmas=SIGMAS, ms=MS, names=NAMES, initial=(40, 20, 4))
     monkeypatch.setenv(gw.STATIC_ENV, "1")
@@ -140,8 +140,12 @@ def test_explorer_switches_on_the_environment(monkeypatch):
     assert isinstance(live, ipywidgets.VBox)
     sliders = live.children[0].children
     assert [s.value for s in sliders] == [40, 20, 4]
-    sliders[1].value = 30  # σ > τ is explained in the output, not raised
-    sliders[0].value = 20
+    capsys.readouterr()
+    sliders[1].value = 30  # redraws at τ = 40, σ = 30, m = 4: a figure and its description
+    out = capsys.readouterr().out
+    assert "Figure(" in out and "spectral radius" in out and "σ = 30 >" not in out
+    sliders[0].value = 20  # σ > τ is explained in the output, not raised
+    assert "σ = 30 > τ = 20" in capsys.readouterr().out
 
 
 def test_import_glocal_core_skips_the_book_modules():
