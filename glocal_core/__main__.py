@@ -109,9 +109,10 @@ def _reproduce(args) -> int:
 def _fidelity(args) -> int:
     import json
 
-    from . import analysis as ga
     from . import experiments as ex
     from . import fidelity as gf
+    from . import results as gr
+    from . import tables as gt
     from ._data import DatasetNotPreparedError
     from ._estimators import DEFAULT_METHOD
 
@@ -129,8 +130,7 @@ def _fidelity(args) -> int:
         print(json.dumps({"profile": profile, "default": DEFAULT_METHOD, "best": best,
                           "rows": rows}))
         return 0
-    print(ga.provenance(exp))
-    print(ga.markdown_table(gf.format_fidelity(rows)))
+    print(gt.from_dicts(gf.format_fidelity(rows), caption=gr.provenance(exp)))
     for recording, method in best.items():
         print(f"closest to h_T on {recording}: {method}")
     print(f"library default (glocal_core.DEFAULT_METHOD): {DEFAULT_METHOD}")

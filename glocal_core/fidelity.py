@@ -4,7 +4,8 @@ Experiment `fidelity` records `global` runs that keep the σ hypergradients of e
 beside the h_T of its playout (SGD and Adam, Z reset and carried, φ moving and fixed). Here
 every estimator of `glocal_core.METHODS` is re-fitted to every window and scored against
 h_T; `best_estimator` states the criterion that chose `glocal_core.DEFAULT_METHOD`.
-`python -m glocal_core fidelity` prints the table; chapter 7 and the results page show it.
+`python -m glocal_core fidelity` prints the table; chapter 7 and the results page show it
+(`plotting.fidelity_figure` draws it).
 
 Import it as `import glocal_core.fidelity as gf`.
 """
@@ -13,16 +14,12 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from ._estimators import DEFAULT_METHOD, METHODS, timed_steady_state
 from ._outer import OuterResult
-from .analysis import _paired, cosine_similarity, provenance, relative_error
 from .experiments import Experiment, RunSpec
-from .plotting import STRATEGY_COLORS
+from .quality import cosine_similarity, relative_error
 
 # Simplest first: on a tie the earlier one is chosen.
 SIMPLICITY = ("local", "mean", "affine", "rre", "paper", "fbdmd", "tlsdmd")
@@ -93,7 +90,7 @@ def fidelity_rows(exp: Experiment, results: Mapping[str, OuterResult],
     `median cosine`, `sign agreement`, `beats local`, `fallback rate`, `ms per estimate`.
     """
     recordings: dict[str, list[tuple[RunSpec, OuterResult]]] = {}
-    for spec, result in _paired(exp, results):
+    for spec, result in [(s, results[s.label]) for s in exp.runs if s.label in results]:
         z = "Z reset" if spec.outer.reset_tangents else "Z carried"
         phi = "φ fixed" if spec.outer.outer_lr == 0 else "φ moving"
         recordings[f"{spec.optimizer.upper() if spec.optimizer == 'sgd' else 'Adam'}, {z}, "
@@ -102,7 +99,7 @@ def fidelity_rows(exp: Experiment, results: Mapping[str, OuterResult],
         recordings.setdefault("all", []).append((spec, result))
     order = sorted(recordings, key=lambda k: (k.startswith("all"), k == "all"))
     cache = {(spec.label, method): estimator_scores(result, method)
-             for spec, result in _paired(exp, results) for method in methods}
+             for spec, result in [(s, results[s.label]) for s in exp.runs if s.label in results] for method in methods}
     rows = []
     for name in order:
         for method in methods:
@@ -152,31 +149,6 @@ def best_estimator(rows: Sequence[Mapping], recording: str = "all", *,
 
 
 # One colour per estimator in the fidelity figure; the two baselines in the strategy colours.
-ESTIMATOR_COLORS = {"local": STRATEGY_COLORS["local"], "mean": "#1f77b4", "affine": "#17becf",
-                    "rre": "#bcbd22", "paper": STRATEGY_COLORS["glocal-paper"],
-                    "fbdmd": "#8c564b", "tlsdmd": "#e377c2"}
-
-
-def plot_fidelity(ax: Axes, rows: Sequence[Mapping], *, value: str = "median error") -> Axes:
-    """Grouped bars of `fidelity_rows`: one group per recording, one bar per estimator
-    (`value`: a numeric column, e.g. `"median error"` or `"beats local"`). With
-    `"median error"` a dashed line at 1 marks what predicting zero scores."""
-    recordings = list(dict.fromkeys(r["recording"] for r in rows))
-    methods = [m for m in ESTIMATOR_COLORS if any(r["estimator"] == m for r in rows)]
-    width = 0.8 / len(methods)
-    table = {(r["recording"], r["estimator"]): r[value] for r in rows}
-    x = np.arange(len(recordings))
-    for i, method in enumerate(methods):
-        ax.bar(x - 0.4 + width * (i + 0.5), [table.get((rec, method), np.nan) for rec in recordings],
-               width, color=ESTIMATOR_COLORS[method], label=method,
-               hatch="//" if method == "local" else None, edgecolor="white", lw=0.3)
-    if value == "median error":
-        ax.axhline(1, color="k", ls="--", lw=1, label="zero (predict nothing)")
-    ax.set_xticks(x, labels=[rec.replace(", ", "\n") for rec in recordings], fontsize=8)
-    ax.set(ylabel=value)
-    return ax
-
-
 def compact_rows(rows: Sequence[Mapping]) -> list[dict]:
     """The pooled rows, one per estimator, the two conventions for Z side by side: what fits
     a page (the CLI prints every row)."""
@@ -228,21 +200,3 @@ def summary_lines(rows: Sequence[Mapping], default: str = DEFAULT_METHOD, *,
             f"{'met' if ratio <= 0.7 else 'not met'}), closer than local in >= 70% of windows "
             f"({share:.1%}: {'met' if share >= 0.7 else 'not met'})")
     return [textwrap.fill(line, width, subsequent_indent="    ") for line in lines]
-
-
-def fidelity_figure(exp: Experiment, rows: Sequence[Mapping]) -> Figure:
-    """Two panels over every recording: median relative error (with predicting zero at 1)
-    and the share of windows closer to h_T than local (with one half dotted)."""
-    fig, axes = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True, layout="constrained")
-    per_recording = [r for r in rows if r["estimator"] != "zero"]
-    plot_fidelity(axes[0], per_recording, value="median error")
-    plot_fidelity(axes[1], per_recording, value="beats local")
-    axes[1].axhline(0.5, color="0.5", ls=":", lw=1)
-    axes[0].set(title="Median relative error to the global hypergradient (lower is better)")
-    axes[1].set(title="Share of windows closer to $h_T$ than the local hypergradient "
-                      "(higher is better)")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4,
-               fontsize=9)
-    fig.suptitle(f"Steady-state estimators against h_T, per recording\n({provenance(exp)})",
-                 fontsize=9)
-    return fig

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
-import glocal_core.analysis as ga
+import glocal_core.quality as gq
+import glocal_core.spectra as gs
+from glocal_core._dmd import NO_EIGENVALUE, TOO_LARGE
 import glocal_core.experiments as ex
 
 
@@ -33,15 +35,15 @@ def _result(strategy="global", *, target, local, estimate, fallback=None, reason
 
 
 def test_docstring_examples():
-    assert doctest.testmod(ga, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+    assert doctest.testmod(gq, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
 
 
 def test_cosine_and_relative_error_known_values():
     a = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [0.0, 0.0]])
     b = np.array([[3.0, 0.0], [1.0, 0.0], [-2.0, -2.0], [1.0, 0.0]])
-    np.testing.assert_allclose(ga.cosine_similarity(a, b)[:3], [1.0, 0.0, -1.0])
-    assert np.isnan(ga.cosine_similarity(a, b)[3])
-    np.testing.assert_allclose(ga.relative_error(a, b), [2 / 3, np.sqrt(5), 1.5, 1.0])
+    np.testing.assert_allclose(gq.cosine_similarity(a, b)[:3], [1.0, 0.0, -1.0])
+    assert np.isnan(gq.cosine_similarity(a, b)[3])
+    np.testing.assert_allclose(gq.relative_error(a, b), [2 / 3, np.sqrt(5), 1.5, 1.0])
 
 
 def test_estimate_quality_scores_recorded_hypergradients():
@@ -52,28 +54,29 @@ def test_estimate_quality_scores_recorded_hypergradients():
     result = _result(target=target, local=local, estimate=estimate,
                      fallback=[False, True, False, False], reasons=reasons,
                      radius=[0.9, 0.95, 1.2, 1.0])
-    q = ga.estimate_quality(result)
+    q = gq.estimate_quality(result)
     np.testing.assert_array_equal(q.horizon, [30, 20, 10, 0])
     np.testing.assert_allclose(q.cosine_local, [0.0, 1.0, -1.0, 1.0])
     np.testing.assert_allclose(q.error_local, [np.sqrt(2), 0.0, 2.0, 0.0])
     np.testing.assert_allclose(q.error_glocal, [0.1, 0.0, 0.5, 0.0])
     np.testing.assert_array_equal(q.no_eigenvalue_near_one, [False, True, False, False])
 
-    summary = ga.quality_summary(q)  # the last window (horizon 0) is left out
-    assert summary["windows"] == 3
-    assert summary["glocal closer"] == pytest.approx(2 / 3)
-    assert summary["tie"] == pytest.approx(1 / 3)
-    assert summary["glocal farther"] == 0.0
-    assert summary["fallback rate"] == pytest.approx(1 / 3)
-    assert summary["no eigenvalue near 1 rate"] == pytest.approx(1 / 3)
-    assert summary["spectral radius > 1 rate"] == pytest.approx(1 / 3)
-    assert summary["median error glocal"] == pytest.approx(0.1)
+    summary = gq.quality_summary(q)  # the last window (horizon 0) is left out
+    assert summary.windows == 3
+    assert summary.closer == pytest.approx(2 / 3)
+    assert summary.tie == pytest.approx(1 / 3)
+    assert summary.farther == 0.0
+    assert summary.fallback_rate == pytest.approx(1 / 3)
+    assert summary.no_eigenvalue_rate == pytest.approx(1 / 3)
+    assert summary.radius_above_one_rate == pytest.approx(1 / 3)
+    assert summary.median_error_glocal == pytest.approx(0.1)
+    np.testing.assert_array_equal(gq.closer(q), [True, False, True])
 
 
 def test_estimate_quality_needs_a_global_run():
     result = _result("glocal", target=[[1.0]], local=[[1.0]], estimate=[[1.0]])
     with pytest.raises(ValueError, match="global"):
-        ga.estimate_quality(result)
+        gq.estimate_quality(result)
 
 
 def _linear_trajectory(level, amplitude, rate, length):
@@ -84,7 +87,7 @@ def _linear_trajectory(level, amplitude, rate, length):
 def test_refit_recovers_steady_state_of_linear_trajectory():
     level = np.array([0.5, -2.0])
     windows = np.stack([_linear_trajectory(level, [1.0, 3.0], rate, 20) for rate in (0.7, 0.8)])
-    fit = ga.refit(windows, sigma=16, m=3)
+    fit = gq.refit(windows, sigma=16, m=3)
     np.testing.assert_allclose(fit.value, np.stack([level, level]), rtol=1e-6, atol=1e-8)
     assert not fit.fallback.any()
     assert not fit.no_eigenvalue_near_one.any()
@@ -92,23 +95,21 @@ def test_refit_recovers_steady_state_of_linear_trajectory():
     np.testing.assert_allclose(fit.spectral_radius, 1.0, atol=1e-6)
 
 
-def test_refit_falls_back_on_pure_decay_and_fallback_kind_names_it():
+def test_refit_falls_back_on_pure_decay_and_names_the_kind():
     windows = _linear_trajectory([0.0], [1.0], 0.5, 12)[None]
-    fit = ga.refit(windows, sigma=12, m=2)
+    fit = gq.refit(windows, sigma=12, m=2)
     assert fit.fallback[0] and fit.no_eigenvalue_near_one[0]
     np.testing.assert_allclose(fit.value[0], windows[0, -1])
-    assert ga.fallback_kind(fit.states[0].kind) == "no eigenvalue near 1"
-    assert ga.fallback_kind("") == ""
+    assert fit.states[0].kind == NO_EIGENVALUE
 
 
-def test_fallback_kind_names_growth_fallback_of_the_library():
+def test_the_growth_fallback_of_the_library_is_named():
     # The steady state of 1 + 10 (-0.9)^t is 1, below the window's largest row (11): only a
     # max_growth below 1/11 makes the library refuse it.
     H = _linear_trajectory([1.0], [10.0], -0.9, 30)
     state = gc.estimate_steady_state(H, sigma=30, m=2, max_growth=0.01)
     assert state.fallback
-    assert ga.fallback_kind(state.kind) == "too large"
-    assert ga.fallback_kind("something else") == "other"
+    assert state.kind == TOO_LARGE
 
 
 def test_refit_quality_matches_recorded_quality_of_a_real_global_run():
@@ -118,37 +119,37 @@ def test_refit_quality_matches_recorded_quality_of_a_real_global_run():
         config = gc.OuterConfig("global", total_steps=400, tau=50, sigma=40, m=6,
                                 keep_trajectories=True, estimator="paper")
         result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
-    recorded = ga.estimate_quality(result)
-    refitted = ga.estimate_quality(result, sigma=40, m=6)
+    recorded = gq.estimate_quality(result)
+    refitted = gq.estimate_quality(result, sigma=40, m=6)
     np.testing.assert_allclose(refitted.error_glocal, recorded.error_glocal, rtol=1e-8)
     np.testing.assert_array_equal(refitted.fallback, recorded.fallback)
     # on a noiseless quadratic the λ = 1 mode is exact: glocal beats local where it differs
-    summary = ga.quality_summary(recorded)
-    assert summary["glocal closer"] > 0.5
-    assert summary["median error glocal"] < summary["median error local"]
+    summary = gq.quality_summary(recorded)
+    assert summary.closer > 0.5
+    assert summary.median_error_glocal < summary.median_error_local
 
-    terms = ga.error_terms(result)
+    terms = gs.error_terms(result)
     np.testing.assert_allclose(terms.total, recorded.error_glocal * terms.target_norm,
                                rtol=1e-8)
     assert np.all(terms.total <= terms.forecast + terms.dropped + 1e-12)
-    spectra = ga.window_spectra(result)
+    spectra = gs.window_spectra(result)
     np.testing.assert_allclose(spectra.spectral_radius, result.spectral_radius)
     np.testing.assert_array_equal(spectra.gap <= 1e-2, result.num_kept > 0)
-    pooled = ga.concat_quality([recorded, recorded])
+    pooled = gq.concat_quality([recorded, recorded])
     assert len(pooled.step) == 2 * len(recorded.step)
-    sweep = ga.delta_sweep([result], [1e-4, 1e-2])
-    assert [row["delta"] for row in sweep] == [1e-4, 1e-2]
-    assert sweep[0]["fallback rate"] >= sweep[1]["fallback rate"]
+    sweep = gq.delta_sweep([result], [1e-4, 1e-2])
+    assert len(sweep) == 2
+    assert sweep[0].fallback_rate >= sweep[1].fallback_rate
 
 
 def test_bootstrap_interval_is_deterministic_and_brackets_the_mean():
     key = jax.random.key(0)
-    assert ga.bootstrap_interval(np.full(7, 0.25), key=key) == (0.25, 0.25)
+    assert gq.bootstrap_interval(np.full(7, 0.25), key=key) == (0.25, 0.25)
     mask = np.array([1, 0, 1, 1, 0, 1, 0, 1, 1, 1], float)
-    low, high = ga.bootstrap_interval(mask, key=key)
+    low, high = gq.bootstrap_interval(mask, key=key)
     assert low < mask.mean() < high and 0 <= low and high <= 1
-    assert ga.bootstrap_interval(mask, key=key) == (low, high)
-    assert all(np.isnan(ga.bootstrap_interval([], key=key)))
+    assert gq.bootstrap_interval(mask, key=key) == (low, high)
+    assert all(np.isnan(gq.bootstrap_interval([], key=key)))
 
 
 def test_dmd_grid_aggregates_over_seeds():
@@ -161,36 +162,11 @@ def test_dmd_grid_aggregates_over_seeds():
         "b": run(8, 3, 3.0, 0.6, [False, False]),
         "c": run(5, 1, 2.0, 0.7, [True, True]),
     }
-    grid = ga.dmd_grid(results)
-    assert [(row["sigma"], row["m"]) for row in grid] == [(5, 1), (8, 3)]
+    grid = gs.dmd_grid(results)
+    assert [(row.sigma, row.m) for row in grid] == [(5, 1), (8, 3)]
     row = grid[1]
-    assert row["seeds"] == 2
-    assert row["val_loss"] == pytest.approx(2.0) and row["val_loss_std"] == pytest.approx(1.0)
-    assert row["test_accuracy"] == pytest.approx(0.7)
-    assert row["fallback_rate"] == pytest.approx(0.25)
-    assert grid[0]["fallback_rate"] == 1.0
-
-
-def test_results_page_rows_name_profile_and_paper_numbers():
-    exp = ex.experiment("table2", "smoke")
-    results = {spec.label: _result(spec.outer.strategy, target=[[1.0]], local=[[1.0]],
-                                   estimate=[[1.0]], test_accuracy=[0.25])
-               for spec in exp.runs}
-    rows = ga.table2_rows(exp, results)
-    assert len(rows) == 2
-    assert all(row["profile"] == "smoke" for row in rows)
-    assert rows[0]["paper local"] == f"{ex.PAPER_TABLE2[('cifar10', 50)][0]:.3f}"
-    assert rows[0]["ours glocal"] == "0.250"
-    assert "standing in for cifar10" in rows[0]["our data"]
-
-    report = {"seconds": {"none": 1.0, "local": 2.0, "global": 8.0, "glocal": 2.5},
-              "ratios": {"glocal/local": 1.25, "global/glocal": 3.2, "glocal/none": 2.5},
-              "predicted_global/glocal": 2.5}
-    seconds, ratios = ga.table3_rows(report, "smoke")
-    assert [row["paper (s)"] for row in seconds] == [
-        f"{ex.PAPER_TABLE3[s]:.1f}" for s in ("none", "local", "global", "glocal")]
-    assert ratios[1]["step-count model (ours)"] == "2.50"
-
-    table = ga.markdown_table(rows)
-    assert table.count("\n") == 3 and table.startswith("| profile |")
-
+    assert row.seeds == row.finished == 2
+    assert row.val_loss == pytest.approx(2.0) and row.val_loss_std == pytest.approx(1.0)
+    assert row.test_accuracy == pytest.approx(0.7)
+    assert row.fallback_rate == pytest.approx(0.25)
+    assert grid[0].fallback_rate == 1.0

@@ -29,8 +29,8 @@ import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.axes import Axes
 
-from ._dmd import DMDFit, mode_magnitudes
-from ._estimators import DMD_DEFAULTS
+from .._dmd import DMDFit, mode_magnitudes
+from .._estimators import DMD_DEFAULTS
 
 # matplotlib's tab10, fixed per strategy so that every figure of the book agrees; local and
 # global keep the orange and green that chapter 2 gives h_tau and h_T.

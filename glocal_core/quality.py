@@ -1,0 +1,314 @@
+"""How close the local and glocal hypergradients come to the global one, measured.
+
+Import it as `import glocal_core.quality as gq`. The paper bounds the error of the glocal
+estimate (Theorem 3.1) but never measures it. A `global` run records, per outer step, the
+local hypergradient `h_τ`, the estimate `ĥ∞` of the same window and the true global
+hypergradient `h_T` of a playout to step T (`OuterResult.hypergradient`), so:
+
+- `estimate_quality` scores `h_τ` and `ĥ∞` against `h_T` (cosine similarity and relative
+  error) and `quality_summary` condenses that into rates; `hypergradient_errors` gives the
+  errors as curves over seeds.
+- `refit`, `estimate_quality(..., sigma=, m=, delta=)` and `delta_sweep` re-fit the DMD to
+  the kept trajectories with other settings.
+- `window_errors` pools the per-window errors of runs.
+
+`glocal_core.spectra` looks at the DMD itself (its spectra, Theorem 3.1 term by term, the
+configurations of Figure 4).
+
+Everything here reads finished `OuterResult`s and never trains; rows are NamedTuples of
+numbers, which `glocal_core.tables` formats.
+"""
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from ._dmd import NO_EIGENVALUE, SteadyState, estimate_steady_state
+from ._outer import OuterResult
+from .results import Curve, mean_std
+
+# --- scores ---------------------------------------------------------------------------------
+
+
+def cosine_similarity(a, b) -> np.ndarray:
+    """Row-wise `⟨a, b⟩ / (‖a‖ ‖b‖)` over the last axis; NaN where either vector is zero.
+
+    ```python
+    >>> cosine_similarity([[1.0, 0.0], [1.0, 1.0]], [[2.0, 0.0], [-1.0, -1.0]])
+    array([ 1., -1.])
+
+    ```
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, np.sum(a * b, axis=-1) / norms, np.nan)
+
+
+def relative_error(value, target) -> np.ndarray:
+    """Row-wise `‖value − target‖ / ‖target‖` over the last axis; NaN where `target` is zero.
+
+    ```python
+    >>> relative_error([[1.0, 0.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 3.0]])
+    array([0.5, 1. ])
+
+    ```
+    """
+    value, target = np.asarray(value, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    norm = np.linalg.norm(target, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, np.linalg.norm(value - target, axis=-1) / norm, np.nan)
+
+
+# --- re-fitting the DMD ---------------------------------------------------------------------
+
+
+class Refit(NamedTuple):
+    """The glocal estimate of every window of a run, re-fitted with other DMD settings.
+
+    **Fields:** `value` `(S, q)` (the local hypergradient where it fell back), `fallback`,
+    `no_eigenvalue_near_one`, `spectral_radius`, `num_kept` `(S,)`, and the `SteadyState`s.
+    """
+
+    value: np.ndarray
+    fallback: np.ndarray
+    no_eigenvalue_near_one: np.ndarray
+    spectral_radius: np.ndarray
+    num_kept: np.ndarray
+    states: tuple[SteadyState, ...]
+
+
+def refit(trajectories, sigma: int, m: int, *, delta: float | None = None,
+          rtol: float | None = None) -> Refit:
+    """`estimate_steady_state` on the last `sigma` rows of every window's trajectory.
+
+    **Arguments:**
+
+    - `trajectories`: `(S, L, q)`, e.g. `OuterResult.trajectories` (L = the run's σ).
+    - `sigma`, `m`: the DMD setting, `1 <= m < sigma <= L`.
+    - `delta`, `rtol`: the tolerances of `estimate_steady_state` (`None`: its defaults).
+
+    **Returns:** a `Refit`.
+    """
+    kwargs = {k: v for k, v in (("delta", delta), ("rtol", rtol)) if v is not None}
+    trajectories = np.asarray(trajectories, dtype=np.float64)
+    if trajectories.ndim != 3:
+        raise ValueError(f"`trajectories` must be (S, L, q), got shape {trajectories.shape}.")
+    states = tuple(estimate_steady_state(H, sigma=sigma, m=m, **kwargs) for H in trajectories)
+    return Refit(
+        value=np.array([s.value for s in states]).reshape(len(states), trajectories.shape[-1]),
+        fallback=np.array([s.fallback for s in states], dtype=bool),
+        no_eigenvalue_near_one=np.array([not np.any(s.kept) for s in states], dtype=bool),
+        spectral_radius=np.array([s.spectral_radius for s in states]),
+        num_kept=np.array([int(np.sum(s.kept)) for s in states]),
+        states=states,
+    )
+
+
+# --- how close is glocal to global? ---------------------------------------------------------
+
+
+class EstimateQuality(NamedTuple):
+    """Local and glocal against the true global hypergradient, one entry per outer step.
+
+    **Fields:**
+
+    - `step`: inner steps at the end of the window, `(S,)`; `horizon`: `T − step`, how far
+      the playout ran beyond the window (0 for the last window, where `h_T = h_τ`).
+    - `cosine_local`, `cosine_glocal`: cosine similarity of `h_τ` and `ĥ∞` with `h_T`.
+    - `error_local`, `error_glocal`: `‖v − h_T‖ / ‖h_T‖`.
+    - `fallback`: the DMD fell back, so `ĥ∞ = h_τ`.
+    - `no_eigenvalue_near_one`: of those, because no eigenvalue lay within δ of 1.
+    - `spectral_radius`: of the window's DMD.
+    """
+
+    step: np.ndarray
+    horizon: np.ndarray
+    cosine_local: np.ndarray
+    cosine_glocal: np.ndarray
+    error_local: np.ndarray
+    error_glocal: np.ndarray
+    fallback: np.ndarray
+    no_eigenvalue_near_one: np.ndarray
+    spectral_radius: np.ndarray
+
+
+def estimate_quality(result: OuterResult, *, sigma: int | None = None, m: int | None = None,
+                     delta: float | None = None) -> EstimateQuality:
+    """Score the local hypergradient and the glocal estimate of every window of a `global`
+    run against the global hypergradient its playout computed.
+
+    Without `sigma`, `m` and `delta`, the glocal estimate is the one the run recorded
+    (`OuterResult.estimate`, with the run's settings). With any of them, the DMD is re-fitted
+    to the kept trajectories (`refit`; the others default to the run's σ, m and δ), which
+    needs a run with `keep_trajectories`; `sigma` cannot exceed the run's σ.
+
+    Note that the run followed the global strategy: φ_s is the global run's, and local and
+    glocal are what those two strategies *would* have used at that φ_s and state.
+    """
+    if result.config.strategy != "global":
+        raise ValueError(
+            f"estimate_quality needs a `global` run (it holds h_T), got "
+            f"{result.config.strategy!r}."
+        )
+    target = np.asarray(result.hypergradient, dtype=np.float64)
+    local = np.asarray(result.local_hypergradient, dtype=np.float64)
+    if sigma is None and m is None and delta is None:
+        glocal = np.asarray(result.estimate, dtype=np.float64)
+        fallback = np.asarray(result.fallback, dtype=bool)
+        no_one = np.array([kind == NO_EIGENVALUE for kind in result.fallback_reason], dtype=bool)
+        radius = np.asarray(result.spectral_radius, dtype=np.float64)
+    else:
+        if result.trajectories is None:
+            raise ValueError("Re-fitting needs a run with keep_trajectories=True.")
+        fit = refit(result.trajectories, sigma or result.config.sigma, m or result.config.m,
+                    delta=delta if delta is not None else result.config.delta,
+                    rtol=result.config.rtol)
+        glocal, fallback = fit.value, fit.fallback
+        no_one, radius = fit.no_eigenvalue_near_one, fit.spectral_radius
+    step = np.asarray(result.step)
+    return EstimateQuality(
+        step=step,
+        horizon=result.config.total_steps - step,
+        cosine_local=cosine_similarity(local, target),
+        cosine_glocal=cosine_similarity(glocal, target),
+        error_local=relative_error(local, target),
+        error_glocal=relative_error(glocal, target),
+        fallback=fallback,
+        no_eigenvalue_near_one=no_one,
+        spectral_radius=radius,
+    )
+
+
+class QualitySummary(NamedTuple):
+    """`quality_summary`: rates and medians over the windows with a horizon > 0.
+
+    **Fields:** `windows`; `median_cosine_local`, `median_cosine_glocal`; `median_error_local`,
+    `median_error_glocal`; `closer`, `tie`, `farther` (fractions of windows where the glocal
+    estimate's error is below, equal to (e.g. a fallback) or above the local one's);
+    `fallback_rate`, `no_eigenvalue_rate`, `radius_above_one_rate`.
+    """
+
+    windows: int
+    median_cosine_local: float
+    median_cosine_glocal: float
+    median_error_local: float
+    median_error_glocal: float
+    closer: float
+    tie: float
+    farther: float
+    fallback_rate: float
+    no_eigenvalue_rate: float
+    radius_above_one_rate: float
+
+
+def quality_summary(quality: EstimateQuality, *, tie_rtol: float = 1e-9) -> QualitySummary:
+    """Rates and medians over the windows with a horizon > 0 (the last window, where the
+    playout has nothing left to run and `h_T = h_τ`, says nothing about an estimate). Two
+    errors within `tie_rtol` of each other are a tie."""
+    use = quality.horizon > 0
+    n = int(np.sum(use))
+    el, eg = quality.error_local[use], quality.error_glocal[use]
+    tie = np.abs(eg - el) <= tie_rtol * np.maximum(np.abs(el), 1e-300)
+
+    def rate(mask):
+        return float(np.mean(mask)) if n else float("nan")
+
+    def median(values):
+        return float(np.nanmedian(values)) if n and np.any(np.isfinite(values)) else float("nan")
+
+    return QualitySummary(
+        n, median(quality.cosine_local[use]), median(quality.cosine_glocal[use]), median(el),
+        median(eg), rate(~tie & (eg < el)), rate(tie), rate(~tie & (eg > el)),
+        rate(quality.fallback[use]), rate(quality.no_eigenvalue_near_one[use]),
+        rate(quality.spectral_radius[use] > 1))
+
+
+def closer(quality: EstimateQuality) -> np.ndarray:
+    """Per window with a horizon > 0: the glocal estimate was strictly closer to `h_T` than
+    the local hypergradient (a fallback, where they are equal, is not)."""
+    use = quality.horizon > 0
+    return ((quality.error_glocal < quality.error_local) & ~quality.fallback)[use]
+
+
+def bootstrap_interval(values, *, key: PRNGKeyArray, num_resamples: int = 2000,
+                       level: float = 0.9) -> tuple[float, float]:
+    """A percentile bootstrap interval for the mean of `values` (a 0/1 mask gives one for a
+    rate). Windows of one run are not independent draws, so read it as a lower bound on the
+    uncertainty. NaNs for an empty sample.
+
+    **Arguments:**
+
+    - `values`: a 1-D sample.
+    - `key`: the PRNG key of the resampling.
+    - `num_resamples`, `level`: how many resamples, and the coverage of the interval.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    index = np.asarray(jax.random.randint(key, (num_resamples, values.size), 0, values.size))
+    means = values[index].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def concat_quality(qualities: Sequence[EstimateQuality]) -> EstimateQuality:
+    """The windows of several runs as one `EstimateQuality` (e.g. to pool seeds)."""
+    return EstimateQuality(*(np.concatenate([getattr(q, f) for q in qualities])
+                             for f in EstimateQuality._fields))
+
+
+def delta_sweep(results: Sequence[OuterResult], deltas: Sequence[float]) -> list[QualitySummary]:
+    """`quality_summary` of the windows of `global` runs (pooled), re-fitted at every δ in
+    `deltas` with each run's σ and m: one summary per δ."""
+    return [quality_summary(concat_quality([estimate_quality(r, delta=float(d)) for r in results]))
+            for d in deltas]
+
+
+def hypergradient_errors(global_runs: Sequence[OuterResult]) -> dict[str, Curve]:
+    """How far the local hypergradient and the glocal estimate are from the global one,
+    window by window, mean ± std over seeds.
+
+    A `global` run holds all three per window: `local_hypergradient` (h_τ), `estimate`
+    (ĥ∞ of the window's estimator) and `hypergradient` (h_T of the playout, which the run
+    followed), so both errors are measured on the same states. The last window is left out:
+    it ends at T, where h_T is h_τ by definition.
+
+    **Returns:** `{"local": Curve, "glocal": Curve}` of the relative errors over `step`.
+    """
+    if any(r.config.strategy != "global" for r in global_runs):
+        raise ValueError("hypergradient_errors needs runs of the global strategy.")
+    keep = [r.step < r.config.total_steps for r in global_runs]
+    steps = [r.step[k] for r, k in zip(global_runs, keep)]
+    return {
+        "local": mean_std(steps, [relative_error(r.local_hypergradient[k], r.hypergradient[k])
+                                  for r, k in zip(global_runs, keep)]),
+        "glocal": mean_std(steps, [relative_error(r.estimate[k], r.hypergradient[k])
+                                   for r, k in zip(global_runs, keep)]),
+    }
+
+
+class WindowErrors(NamedTuple):
+    """Every window but the last of some `global` runs, pooled: the relative errors of the
+    local hypergradient (`local`) and of the estimate the runs recorded (`glocal`) against
+    h_T, and whether the estimator fell back (`fallback`)."""
+
+    local: np.ndarray
+    glocal: np.ndarray
+    fallback: np.ndarray
+
+
+def window_errors(global_runs: Sequence[OuterResult]) -> WindowErrors:
+    """`WindowErrors` of `global` runs (at T itself h_T is h_τ: that window is left out)."""
+    keep = [r.step < r.config.total_steps for r in global_runs]
+    return WindowErrors(
+        np.concatenate([relative_error(r.local_hypergradient, r.hypergradient)[k]
+                        for r, k in zip(global_runs, keep)]),
+        np.concatenate([relative_error(r.estimate, r.hypergradient)[k]
+                        for r, k in zip(global_runs, keep)]),
+        np.concatenate([np.asarray(r.fallback, bool)[k] for r, k in zip(global_runs, keep)]))
+
+

@@ -1,0 +1,215 @@
+"""The book's tables: one `Table`, Markdown in the book and Jupyter, plain text in a terminal.
+
+Import it as `import glocal_core.tables as gt`. Each builder takes the numeric rows of
+`glocal_core.results` and `glocal_core.quality` and formats them; none computes a result.
+Pass each table the line that names the profile, data and settings that produced it
+(`results.provenance(experiment)`) as its `caption`: the chapters never show one without.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from ._outer import OuterResult
+from .experiments import PAPER_TABLE2, PAPER_TABLE3, Experiment
+from .quality import QualitySummary
+from .spectra import DMDGridRow, SpectraRow
+from .results import (
+    HYPERPARAMETER_TITLES,
+    STRATEGY_ORDER,
+    TASK_TITLES,
+    Panel,
+    dataset_title,
+    describe_data,
+    final,
+)
+
+
+class Table(NamedTuple):
+    """A table. **Fields:** `columns` (headers), `rows` (tuples of cell strings), `caption`
+    (shown in italics above it). Jupyter and the book render `_repr_markdown_`; `str` gives
+    aligned plain text for a terminal."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    caption: str = ""
+
+    def markdown(self) -> str:
+        def cell(value) -> str:
+            return str(value).replace("|", "\\|").replace("\n", " ")
+
+        lines = [f"*{cell(self.caption)}*", ""] if self.caption else []
+        lines += ["| " + " | ".join(map(cell, self.columns)) + " |",
+                  "| " + " | ".join("---" for _ in self.columns) + " |"]
+        lines += ["| " + " | ".join(map(cell, row)) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown()
+
+    def __str__(self) -> str:
+        widths = [max(len(str(c)) for c in column) for column in zip(self.columns, *self.rows)]
+        lines = [self.caption] if self.caption else []
+        for row in (self.columns, *self.rows):
+            lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def from_dicts(rows: Sequence[Mapping], caption: str = "") -> Table:
+    """A `Table` of dict rows, columns in first-seen order; floats to four digits."""
+    columns = tuple(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return Table(columns, tuple(tuple(cell(row.get(c, "")) for c in columns) for row in rows),
+                 caption)
+
+
+def mean_std(mean: float, std: float, n: int, digits: int = 3) -> str:
+    """`"0.912 ± 0.004"`, `"0.912"` for one run, `"–"` for none."""
+    if n == 0 or not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def estimator_usage(runs: Sequence[OuterResult]) -> str:
+    """How often the runs' estimator stepped with its own estimate, and why it fell back
+    elsewhere, e.g. `"paper: its estimate in 53 of 80 windows (66%) over 2 run(s); ..."`."""
+    fell, windows = sum(int(np.sum(r.fallback)) for r in runs), sum(len(r.fallback) for r in runs)
+    kinds: dict[str, int] = {}
+    for kind in (k for r in runs for k in r.fallback_reason if k):
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return (f"{runs[0].config.estimator}: its estimate in {windows - fell} of {windows} windows "
+            f"({(windows - fell) / max(windows, 1):.0%}) over {len(runs)} run(s); fell back in "
+            f"{fell}: {kinds or 'no fallbacks'}")
+
+
+def setup_table(exp: Experiment) -> Table:
+    """What an experiment runs, one row per panel: data, model, inner optimizer (initial
+    values, those learned marked with *), strategies, seeds, T / τ / σ / m, the outer Adam's
+    learning rate and the batch size."""
+    rows: dict[Panel, list] = {}
+    for spec in exp.runs:
+        if spec.task == "hpo":
+            inner = TASK_TITLES[spec.optimizer] + ": " + ", ".join(
+                f"{HYPERPARAMETER_TITLES.get(n, n)} {v:g}" + ("*" if n in spec.learn else "")
+                for n, v in spec.initial)
+        else:
+            inner = "SGD lr 0.01, momentum 0.9; meta network* (q = 385)"
+        o = spec.outer
+        row = rows.setdefault(Panel.of(spec), [
+            describe_data(spec.data), spec.model_title, inner, [], [],
+            f"{o.total_steps} / {o.tau} / {o.sigma} / {o.m}", f"{o.outer_lr:g}",
+            str(spec.batch_size)])
+        for i, value in ((3, spec.strategy_key), (4, str(spec.seed))):
+            if value not in row[i]:
+                row[i].append(value)
+    columns = ("data", "model", "inner optimizer (* learned)", "strategies", "seeds",
+               "T / τ / σ / m", "outer lr", "batch")
+    return Table(columns, tuple(tuple(", ".join(c) if isinstance(c, list) else c for c in row)
+                                for row in rows.values()),
+                 f"{exp.name}, profile {exp.profile}: {exp.description}")
+
+
+def summary_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *,
+                  caption: str = "") -> Table:
+    """One row per panel and strategy: final test accuracy and hyperparameters (mean ± std
+    over the finished runs), finished runs, the estimator's fallbacks, seconds per run."""
+    rows = []
+    for panel, runs in groups.items():
+        for strategy, results in runs.items():
+            f = final(results)
+            names = results[0].names
+            values = ("(385 meta-network weights)" if names and names[0].startswith("meta_")
+                      else ", ".join(f"{HYPERPARAMETER_TITLES.get(n, n)} {v:.3g}"
+                                     + (f" ± {s:.2g}" if f.finished > 1 else "")
+                                     for n, v, s in zip(names, f.hyperparameters,
+                                                        f.hyperparameters_std)))
+            dmd = f"{f.fallbacks}/{f.windows}" if strategy.startswith(("glocal", "global")) else ""
+            rows.append((panel.title, strategy, f"{f.finished}/{f.runs}",
+                         mean_std(f.accuracy_mean, f.accuracy_std, f.finished),
+                         values, dmd, f"{f.seconds:.1f}"))
+    columns = ("data", "strategy", "finished", "final test accuracy", "final hyperparameters",
+               "estimator fallbacks / windows", "seconds per run")
+    return Table(columns, tuple(rows), caption)
+
+
+def table2(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *,
+           caption: str = "") -> Table:
+    """The paper's Table 2 beside ours: final test accuracy of local and glocal per
+    (dataset, imbalance factor), ours mean ± std over the finished seeds."""
+    rows = []
+    for panel, runs in groups.items():
+        ours = {s: final(runs[s]) for s in ("local", "glocal") if s in runs}
+        cell = {s: mean_std(f.accuracy_mean, f.accuracy_std, f.finished) for s, f in ours.items()}
+        paper = PAPER_TABLE2.get((panel.data.paper_name, panel.data.imbalance), (np.nan,) * 2)
+        rows.append((describe_data(panel.data), cell.get("local", "–"), cell.get("glocal", "–"),
+                     f"{dataset_title(panel.data.paper_name)} / {panel.data.imbalance:g}",
+                     *(f"{v:.3f}" if np.isfinite(v) else "–" for v in paper),
+                     str(max(len(v) for v in runs.values()))))
+    columns = ("our data", "ours: local", "ours: glocal", "paper: dataset / f",
+               "paper: local", "paper: glocal", "seeds")
+    return Table(columns, tuple(rows), caption)
+
+
+def runtime_table(report: Mapping, *, caption: str = "") -> Table:
+    """Table 3 beside ours: seconds per strategy and their ratio to plain training (`none`),
+    from the benchmark report of `results.load("table3")`."""
+    ours, paper = report["seconds"], PAPER_TABLE3
+    rows = tuple((s, f"{ours[s]:.2f}", f"{ours[s] / ours['none']:.2f}", f"{paper[s]:.1f}",
+                  f"{paper[s] / paper['none']:.2f}") for s in STRATEGY_ORDER if s in ours)
+    return Table(("strategy", "ours: seconds", "ours: × none", "paper: seconds",
+                  "paper: × none"), rows, caption)
+
+
+def runtime_ratios(report: Mapping) -> Table:
+    """The three ratios that carry Table 3's argument, ours beside the paper's, with the
+    step-count prediction for global / glocal."""
+    ours, paper = report["seconds"], PAPER_TABLE3
+    rows = []
+    for a, b in (("glocal", "local"), ("global", "glocal"), ("glocal", "none")):
+        predicted = (f"{report['predicted_global/glocal']:.2f}" if (a, b) == ("global", "glocal")
+                     else "")
+        rows.append((f"{a} / {b}", f"{ours[a] / ours[b]:.2f}", predicted,
+                     f"{paper[a] / paper[b]:.2f}"))
+    return Table(("ratio", "ours", "ours: step-count prediction", "paper"), tuple(rows))
+
+
+def dmd_grid_table(rows: Sequence[DMDGridRow], *, caption: str = "") -> Table:
+    """Figure 4 (right) as a table (the paper shows a plot and states no numbers)."""
+    return Table(
+        ("σ", "m", "finished / seeds", "final val loss", "final test accuracy",
+         "fallback rate"),
+        tuple((str(r.sigma), str(r.m), f"{r.finished}/{r.seeds}",
+               mean_std(r.val_loss, r.val_loss_std, r.finished),
+               mean_std(r.test_accuracy, r.test_accuracy_std, r.finished),
+               f"{r.fallback_rate:.2f}") for r in rows),
+        caption)
+
+
+def quality_table(summaries: Mapping[str, tuple[QualitySummary, tuple[float, float]]],
+                  caption: str = "") -> Table:
+    """Local and glocal against h_T, one row per run: `{name: (summary, (low, high))}`, the
+    interval a bootstrap interval of the rate at which glocal was closer."""
+    rows = tuple((name, str(s.windows), f"{s.median_cosine_local:.3f}",
+                  f"{s.median_cosine_glocal:.3f}", f"{s.median_error_local:.3g}",
+                  f"{s.median_error_glocal:.3g}", f"{s.closer:.2f} [{low:.2f}, {high:.2f}]",
+                  f"{s.tie:.2f}", f"{s.farther:.2f}")
+                 for name, (s, (low, high)) in summaries.items())
+    return Table(("run", "outer steps", "cos local", "cos glocal", "err local", "err glocal",
+                  "glocal closer", "tie (fallback)", "glocal farther"), rows, caption)
+
+
+def spectra_table(rows: Mapping[str, SpectraRow], caption: str = "") -> Table:
+    """How often the assumptions behind Eq. 14 and Theorem 3.1 failed, per group of runs."""
+    return Table(
+        ("runs", "windows", "fallback", "no eigenvalue near 1", "other fallbacks",
+         "spectral radius > 1", "max spectral radius"),
+        tuple((name, str(r.windows), f"{r.fallback:.2f}", f"{r.no_eigenvalue:.2f}",
+               f"{r.other_fallback:.2f}", f"{r.radius_above_one:.2f}",
+               f"{r.spectral_radius.max():.3f}") for name, r in rows.items()),
+        caption)
