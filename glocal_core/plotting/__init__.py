@@ -38,6 +38,7 @@ from ._base import plot_runtime as plot_runtime
 from ._base import plot_stops as plot_stops
 from ._base import plot_transitions as plot_transitions
 from ._base import shared_legend as shared_legend
+from ._base import window_figure as window_figure
 from ._results import ESTIMATOR_COLORS as ESTIMATOR_COLORS
 from ._results import fidelity_figure as fidelity_figure
 from ._results import panel_caption as panel_caption

@@ -352,3 +352,35 @@ def plot_runtime(ax: Axes, ours: Mapping[str, float], paper: Mapping[str, float]
     ax.set_xticks(x, labels=strategies)
     ax.set(ylabel=f"run time / run time of {reference!r}")
     return ax
+
+
+def window_figure(h, names: Sequence[str], tau: int, *, sigma: int | None = None,
+                  title: str = ""):
+    """One tracked window's hypergradients `h` `(T, q)`, one axis per hyperparameter: the
+    local `h_τ` and the global `h_T` marked, the DMD's last `sigma` steps shaded (if given),
+    on a symmetric log scale with decade ticks (linear around the typical size, logarithmic
+    for the swings, signs kept)."""
+    h = np.asarray(h)
+    T = len(h)
+    fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(7.5, 2.3 * len(names)),
+                             layout="constrained", squeeze=False)
+    t = np.arange(1, T + 1)
+    for i, (ax, name) in enumerate(zip(axes[:, 0], names)):
+        if sigma is not None:
+            ax.axvspan(tau - sigma + 1, tau, color="0.9", label=rf"DMD window, $\sigma = {sigma}$")
+        ax.plot(t, h[:, i], color="0.3", lw=0.8)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.plot(tau, h[tau - 1, i], "o", ms=8, color=STRATEGY_COLORS["local"],
+                label=rf"local $h_\tau$, $\tau = {tau}$")
+        ax.plot(T, h[-1, i], "s", ms=8, color=STRATEGY_COLORS["global"],
+                label=f"global $h_T$, $T = {T}$")
+        typical = 10.0 ** np.floor(np.log10(np.median(np.abs(h[:, i]))))
+        decades = typical * 10.0 ** np.arange(np.ceil(np.log10(np.abs(h[:, i]).max() / typical)) + 1)
+        ax.set_yscale("symlog", linthresh=typical)
+        ticks = np.concatenate([-decades[::-1], [0.0], decades])
+        ax.set_yticks(ticks, labels=[f"{v:g}" for v in ticks])
+        ax.set(ylabel=f"$h_t$: {name}")
+    axes[-1, 0].set(xlabel="inner step $t$")
+    shared_legend(fig, axes[:1, 0])
+    fig.suptitle(title)
+    return fig
