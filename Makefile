@@ -20,7 +20,7 @@ else
 BOOK_OUT := _build/profiles/$(GLOCAL_PROFILE)
 endif
 
-.PHONY: install data-check book test unit notebooks book-strict browser lab bench reproduce data clean
+.PHONY: install data-check book test unit notebooks book-strict browser sizes lab bench reproduce data clean
 
 install: $(STAMP)
 
@@ -78,6 +78,11 @@ browser: $(STAMP)
 	GLOCAL_BOOK_DIR=$(CURDIR)/_build/html \
 	GLOCAL_BOOK_HTML=$(CURDIR)/_build/html/notebooks/03_glocal_estimation.html \
 		$(BIN)/python -m pytest tests/test_built_book.py tests/test_widgets.py -k "built"
+
+# The house's size limits: no notebook code cell over 15 lines, no module over 400 lines
+# (also part of `make unit`); lists every offender.
+sizes: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_sizes.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

@@ -1,4 +1,6 @@
-"""The paper's experiments as configs, their cache, checkpoint/resume, and the CLI."""
+"""The paper's experiments as configs, their cache, checkpoint/resume, and the CLI. Only the
+two tests of the tensorflow-datasets route need tensorflow-datasets; the rest run at smoke
+without it."""
 
 import dataclasses
 
@@ -9,8 +11,6 @@ import pytest
 import glocal_core as gc
 from glocal_core import experiments as ex
 from glocal_core.__main__ import main
-
-tfds = pytest.importorskip("tensorflow_datasets")
 
 TINY = gc.OuterConfig("glocal", total_steps=12, tau=4, sigma=3, m=1, eval_every=1)
 
@@ -151,6 +151,7 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path):
 def test_full_specs_run_on_tensorflow_datasets(tmp_path):
     """The `full` path end to end, on tfds' mock data: the loaders, LeNet and the reweighting
     problem at q = 385 (shortened, and with LeNet in place of the WideResNet)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
     fig2 = next(s for s in ex.experiment("fig2", "full").runs if s.data.name == "kmnist")
     table2 = ex.experiment("table2", "full").runs[0]
     table2 = dataclasses.replace(table2, model="lenet", batch_size=8)
@@ -165,6 +166,7 @@ def test_full_specs_run_on_tensorflow_datasets(tmp_path):
 
 
 def test_missing_dataset_names_the_command_that_prepares_it(tmp_path, capsys):
+    pytest.importorskip("tensorflow_datasets")  # without it the error names its install
     spec = ex.experiment("fig3", "full").runs[0]
     with pytest.raises(gc.DatasetNotPreparedError, match="python -m glocal_core data prepare"):
         ex.build_problem(spec, data_dir=tmp_path)
