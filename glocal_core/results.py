@@ -120,13 +120,12 @@ def load(name: str, profile: str | None = None, **kwargs):
     exp = ex.experiment(name, profile)
     kwargs.pop("progress", None)
     cached = ex.reproduce(name, profile, progress=False, cached_only=True, **kwargs)
-    where = kwargs.get("cache_dir") or ex.default_cache_dir()
     total = 1 if exp.bench is not None else len(exp.runs)
     have = int(bool(cached)) if exp.bench is not None else len(cached)
     if have == total:
         print(f"{name} ({profile}): "
               + ("benchmark report" if exp.bench is not None else f"all {total} runs")
-              + f" loaded from the cache ({where})")
+              + " loaded from the cache")
         return cached
     print(f"{name} ({profile}): {have} of {total} cached; computing the rest now "
           "(cached when done)")
