@@ -53,6 +53,11 @@ from ._outer import OuterConfig as OuterConfig
 from ._outer import OuterResult as OuterResult
 from ._outer import STRATEGIES as STRATEGIES
 from ._outer import run_outer as run_outer
+from ._outer_step import Diverged as Diverged
+from ._outer_step import OuterState as OuterState
+from ._outer_step import WindowRecord as WindowRecord
+from ._outer_step import init as outer_init
+from ._outer_step import step as outer_step
 from ._problems import BilevelProblem as BilevelProblem
 from ._problems import InnerState as InnerState
 from ._problems import classification_problem as classification_problem

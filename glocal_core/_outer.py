@@ -13,9 +13,13 @@ The `global` run also fits the DMD to its window (at the price of σ − 1 more 
 gradients per window), so that one run holds, per outer step, the local hypergradient, the
 glocal estimate and the true global hypergradient they both try to predict.
 
-A long run can checkpoint every few windows (and when interrupted) and resume from the
-checkpoint to exactly the result an uninterrupted run gives: every random draw is a function
-of the key and the window index, never of how the run got there.
+The loop is written as optax writes a transformation: `init` gives the carry before window
+0 and `step` runs one window from a carry (module `_outer_step`); `run_outer` is a short
+driver over them (progress, callbacks, the stop when training diverges), and `OuterResult`
+is the windows' records stacked. A long run can checkpoint every few windows (and when
+interrupted) and resume from the checkpoint to exactly the result an uninterrupted run
+gives: a checkpoint is the carry and the records, and every random draw is a function of the
+key and the window index, never of how the run got there.
 
 The loop keeps everything a reader wants to plot afterwards in an `OuterResult`, stops cleanly
 when training diverges (the global baseline often does, as the paper reports) and is
@@ -24,29 +28,19 @@ deterministic for a given key.
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Self
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jaxtyping import PRNGKeyArray
+from jaxtyping import PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
-from ._dmd import estimate_steady_state
-from ._estimators import DEFAULT_METHOD, METHODS, steady_state
+from ._estimators import DEFAULT_METHOD, METHODS
 from ._io import load_pickle, save_pickle
-from ._hypergrad import (
-    playout,
-    track_forward,
-    track_reverse,
-    train_window,
-    warm_up,
-    zero_tangents,
-)
+from ._outer_step import Diverged, WindowRecord, compile_step, init, step
 from ._problems import BilevelProblem
 
 STRATEGIES = ("none", "local", "global", "glocal")
@@ -183,88 +177,146 @@ class OuterResult(NamedTuple):
     trajectories: np.ndarray | None = None
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
+_SCALARS = (bool, int, float)
 
 
-class _Record(NamedTuple):
-    """One window's row of the history (see `OuterResult`)."""
-
-    step: int
-    phi: np.ndarray
-    hyperparameters: np.ndarray
-    hypergradient: np.ndarray
-    local_hypergradient: np.ndarray
-    estimate: np.ndarray
-    train_loss: float
-    val_loss: float
-    spectral_radius: float
-    num_kept: int
-    fallback: bool
-    fallback_reason: str
-    seconds_window: float
-    seconds_playout: float
-    seconds_dmd: float
-    trajectory: np.ndarray | None
+def _is_key(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
-def _stack(records: list[_Record], q: int) -> dict:
-    vector = {"phi", "hyperparameters", "hypergradient", "local_hypergradient", "estimate"}
-    if not records:
-        columns = {f: (np.zeros((0, q)) if f in vector else
-                       () if f == "fallback_reason" else np.zeros(0)) for f in _Record._fields}
-        columns["trajectory"] = None
-    else:
-        columns = dict(zip(_Record._fields, zip(*records)))
-        columns = {f: tuple(v) if f == "fallback_reason" else v for f, v in columns.items()}
-        for f in columns:
-            if f not in ("fallback_reason", "trajectory"):
-                columns[f] = np.array(columns[f])
-        keep = columns["trajectory"][0] is not None
-        columns["trajectory"] = np.stack(columns["trajectory"]) if keep else None
-    columns["trajectories"] = columns.pop("trajectory")
-    return columns
+def _to_host(tree: PyTree) -> list[np.ndarray | None]:
+    """The leaves of `tree` as numpy arrays; `None` for a leaf that is not data (a function),
+    which a fresh carry supplies again."""
+
+    def host(leaf):
+        if _is_key(leaf):
+            return np.asarray(jax.random.key_data(leaf))
+        return np.asarray(leaf) if isinstance(leaf, (jax.Array, np.ndarray, *_SCALARS)) else None
+
+    return [host(leaf) for leaf in jax.tree.leaves(tree)]
 
 
-class _Progress(NamedTuple):
-    """Everything the loop carries from one window to the next: a checkpoint."""
+def _from_host(like: PyTree, leaves: list[np.ndarray | None]) -> PyTree:
+    """`leaves` poured into the structure of `like`, each as the kind of leaf it replaces."""
 
-    next_window: int
-    state: list[np.ndarray]
-    tangents: list[np.ndarray] | None
-    phi: np.ndarray
-    outer_state: list[np.ndarray]
-    records: list[_Record]
-    evals: list[tuple[int, float]]
+    def restore(fresh, saved):
+        if saved is None:
+            return fresh
+        if _is_key(fresh):
+            return jax.random.wrap_key_data(jnp.asarray(saved), impl=jax.random.key_impl(fresh))
+        if isinstance(fresh, _SCALARS):
+            return type(fresh)(saved)
+        return jnp.asarray(saved, getattr(fresh, "dtype", None))
+
+    fresh = jax.tree.leaves(like)
+    return jax.tree.unflatten(jax.tree.structure(like), list(map(restore, fresh, leaves)))
+
+
+class Checkpoint:
+    """Where a loop keeps `(carry, records)`: saved every `every` finished steps and, used as
+    `with checkpoint:` around the loop, when the loop is interrupted (any exception, Ctrl-C
+    included); reloaded by `resume`. With `path=None` nothing is saved or loaded.
+
+    The file holds host copies of the carry's leaves (PRNG keys as their key data), not the
+    pytree, so it pickles without the problem's closures and models; `resume` pours them into
+    a fresh carry of the same structure.
+
+    **Arguments:**
+
+    - `path`: the checkpoint file.
+    - `fingerprint`: what identifies the run (config, names, key); a checkpoint with another
+      fingerprint is refused.
+    - `every`: finished steps between saves.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, fingerprint: dict[str, Any], *,
+                 every: int):
+        self.path = None if path is None else Path(path)
+        self.fingerprint = fingerprint
+        self.every = every
+        self._last = None
+
+    def _load(self) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        try:
+            saved = load_pickle(self.path)
+            matches = saved["fingerprint"] == self.fingerprint
+        except Exception as error:
+            raise ValueError(
+                f"Checkpoint {self.path} cannot be read ({error!r}); it may come from an older "
+                "version of glocal_core. Delete it to start this run afresh."
+            ) from error
+        if not matches:
+            raise ValueError(
+                f"Checkpoint {self.path} belongs to another run (different problem, config or "
+                "key). Delete it to start this run afresh, or pass another checkpoint path."
+            )
+        return saved
+
+    def resume(self, carry: PyTree) -> tuple[PyTree, list]:
+        """**Arguments:** `carry`, the loop's initial carry.
+
+        **Returns:** `(carry, records)` from the checkpoint if there is one, else `(carry, [])`.
+        """
+        records = []
+        saved = self._load()
+        if saved is not None:
+            if len(saved["carry"]) != len(jax.tree.leaves(carry)):
+                raise ValueError(f"Checkpoint {self.path} does not fit this run's carry. "
+                                 "Delete it to start this run afresh.")
+            carry, records = _from_host(carry, saved["carry"]), list(saved["records"])
+        self._last = (carry, records, len(records))
+        return carry, records
+
+    def finished(self, carry: PyTree, records: list) -> None:
+        """Note that `records` (all of them so far) lead to `carry`; save every `every`."""
+        self._last = (carry, records, len(records))
+        if records and len(records) % self.every == 0:
+            self.save()
+
+    def save(self) -> None:
+        """Write the last noted carry and records, atomically."""
+        if self.path is None or self._last is None:
+            return
+        carry, records, n = self._last
+        save_pickle(self.path, {"fingerprint": self.fingerprint, "carry": _to_host(carry),
+                                "records": records[:n]})
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None:
+            self.save()
+
+
+_VECTORS = ("phi", "hyperparameters", "hypergradient", "local_hypergradient", "estimate")
+_COLUMNS = tuple(f for f in WindowRecord._fields
+                 if f in OuterResult._fields and f not in ("test_accuracy", "fallback_reason"))
+
+
+def _history(problem: BilevelProblem, config: OuterConfig, records: list[WindowRecord],
+             seconds_compile: float, stopped: str) -> OuterResult:
+    """The records stacked into an `OuterResult` (empty columns if no window finished)."""
+    q = problem.space.size
+    columns = {f: np.array([getattr(r, f) for r in records]) if records else
+               np.zeros((0, q) if f in _VECTORS else 0) for f in _COLUMNS}
+    evaluated = [r for r in records if r.evaluated]
+    keep = records and records[0].trajectory is not None
+    return OuterResult(
+        config=config, names=problem.space.names, **columns,
+        fallback_reason=tuple(r.fallback_reason for r in records),
+        eval_step=np.array([r.step for r in evaluated]),
+        test_accuracy=np.array([r.test_accuracy for r in evaluated]),
+        trajectories=np.stack([r.trajectory for r in records]) if keep else None,
+        seconds_compile=seconds_compile, stopped=stopped,
+    )
 
 
 def _fingerprint(problem: BilevelProblem, config: OuterConfig, key: PRNGKeyArray) -> dict:
     return {"config": dataclasses.asdict(config), "names": problem.space.names,
             "key": np.asarray(jax.random.key_data(key)).tolist()}
-
-
-def _leaves(tree) -> list[np.ndarray] | None:
-    return None if tree is None else [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
-
-
-def _unflatten(like, leaves):
-    if like is None:
-        return None
-    return jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(x) for x in leaves])
-
-
-def _load_checkpoint(path: Path, fingerprint: dict) -> _Progress | None:
-    if not path.exists():
-        return None
-    saved = load_pickle(path)
-    if saved["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"Checkpoint {path} belongs to another run (different problem, config or key). "
-            "Delete it to start this run afresh, or pass another checkpoint path."
-        )
-    return saved["progress"]
 
 
 def run_outer(
@@ -279,6 +331,9 @@ def run_outer(
     callback: Callable[[int, OuterResult], None] | None = None,
 ) -> OuterResult:
     """Optimise φ of `problem` with `config.strategy`; return the whole history.
+
+    `init`, then `step` once per window, stopping early (with the reason in
+    `OuterResult.stopped`) where `step` raises `Diverged`.
 
     **Arguments:**
 
@@ -299,146 +354,23 @@ def run_outer(
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every}: must be >= 1.")
-    init_key, data_key, playout_key = jax.random.split(key, 3)
-    state = problem.init(init_key)
-    phi = jnp.asarray(problem.phi0)
-    q = phi.shape[0]
-    outer = optax.adam(config.outer_lr)
-    outer_state = outer.init(phi)
-    fresh = zero_tangents(state, q) if config.mode == "forward" else None
-    tangents = fresh
-    evaluate = jax.jit(problem.evaluate)
-    val_loss_fn = jax.jit(problem.val_loss)
-    dmd_kwargs = {k: v for k, v in (("delta", config.delta), ("rtol", config.rtol))
-                  if v is not None}
-
-    records: list[_Record] = []
-    evals: list[tuple[int, float]] = []
-    first = 0
-    fingerprint = _fingerprint(problem, config, key)
-    path = None if checkpoint is None else Path(checkpoint)
-    resumed = None if path is None else _load_checkpoint(path, fingerprint)
-    if resumed is not None:
-        first, records, evals = resumed.next_window, list(resumed.records), list(resumed.evals)
-        state = _unflatten(state, resumed.state)
-        tangents = _unflatten(fresh, resumed.tangents)
-        phi = jnp.asarray(resumed.phi)
-        outer_state = _unflatten(outer_state, resumed.outer_state)
-
-    tau, recorded = config.tau, config.num_recorded
-    if config.strategy == "none":
-        def window_fn(state, tangents, phi, key):
-            return train_window(problem, state, phi, key, num_steps=tau)
-    elif config.mode == "reverse":
-        def window_fn(state, tangents, phi, key):
-            return track_reverse(problem, state, phi, key, num_steps=tau, num_recorded=recorded)
-    else:
-        def window_fn(state, tangents, phi, key):
-            return track_forward(problem, state, tangents, phi, key, num_steps=tau,
-                                 num_recorded=recorded)
-
-    start = time.perf_counter()
-    warm_up(problem, state, phi, data_key, num_steps=tau, num_recorded=recorded,
-            mode=None if config.strategy == "none" else config.mode,
-            playouts=config.strategy == "global")
-    jax.block_until_ready((evaluate(state.params), val_loss_fn(state.params)))
-    seconds_compile = time.perf_counter() - start
-
-    def result(stopped: str) -> OuterResult:
-        eval_step, test_accuracy = (np.array([e[i] for e in evals]) for i in (0, 1))
-        return OuterResult(
-            config=config, names=problem.space.names, eval_step=eval_step,
-            test_accuracy=test_accuracy, seconds_compile=seconds_compile, stopped=stopped,
-            **_stack(records, q),
-        )
-
-    # The last finished window's carry, as references: jax arrays are immutable, and host
-    # copies are made only when a checkpoint is written.
-    def snapshot(next_window: int):
-        return next_window, state, tangents, phi, outer_state, len(records), len(evals)
-
-    def save(done) -> None:
-        if path is None:
-            return
-        next_window, state_, tangents_, phi_, outer_state_, n_records, n_evals = done
-        progress = _Progress(next_window, _leaves(state_), _leaves(tangents_),
-                             np.asarray(phi_), _leaves(outer_state_), records[:n_records],
-                             evals[:n_evals])
-        save_pickle(path, {"fingerprint": fingerprint, "progress": progress})
-
+    saver = Checkpoint(checkpoint, _fingerprint(problem, config, key), every=checkpoint_every)
+    carry, records = saver.resume(init(problem, config, key=key))
+    seconds_compile = compile_step(problem, config, carry)
     stopped = ""
-    done = snapshot(first)
-    bar = tqdm(range(first, config.num_windows), desc=desc or config.strategy, leave=False,
-               disable=not progress, initial=first, total=config.num_windows)
-    try:
+    bar = tqdm(range(carry.window, config.num_windows), desc=desc or config.strategy,
+               leave=False, disable=not progress, initial=carry.window, total=config.num_windows)
+    with saver, bar:
         for s in bar:
-            if config.reset_tangents:
-                tangents = fresh
-            window, seconds_window = _timed(
-                window_fn, state, tangents, phi, jax.random.fold_in(data_key, s)
-            )
-            step = (s + 1) * config.tau
-            hs = np.asarray(window.hypergradients, np.float64)
-            local = hs[-1] if len(hs) else np.full(q, np.nan)
-            train_loss = float(np.mean(window.train_losses))
-            if not np.isfinite(train_loss):
-                stopped = f"training diverged in window {s} (non-finite training loss)"
+            try:
+                next_carry, record = step(problem, config, carry)
+            except Diverged as why:
+                stopped = str(why)
                 break
-            if not np.all(np.isfinite(hs)):
-                stopped = f"hypergradient diverged in window {s} (non-finite h_t)"
-                break
-
-            update, seconds_playout, seconds_dmd = np.zeros(q), 0.0, 0.0
-            dmd, estimate = (np.nan, 0, False, ""), np.full(q, np.nan)
-            if config.strategy in ("glocal", "global"):
-                start = time.perf_counter()
-                steady = steady_state(hs, sigma=config.sigma, m=config.m,
-                                      method=config.estimator, **dmd_kwargs)
-                seconds_dmd = time.perf_counter() - start
-                estimate = steady.value
-                # Eq. 14's fit for the diagnostics: the estimator's own where it is Eq. 14.
-                fit = steady.dmd if config.estimator == "paper" else estimate_steady_state(
-                    hs, sigma=config.sigma, m=config.m, **dmd_kwargs)
-                dmd = (fit.spectral_radius, int(np.sum(fit.kept)), bool(steady.fallback),
-                       steady.fallback)
-            if config.strategy == "local":
-                update = local
-            elif config.strategy == "glocal":
-                update = estimate
-            elif config.strategy == "global":
-                (h_T, _), seconds_playout = _timed(
-                    playout, problem, window.state, window.tangents, phi,
-                    jax.random.fold_in(playout_key, s), jnp.int32(config.total_steps - step),
-                )
-                update = np.asarray(h_T, np.float64)
-                if not np.all(np.isfinite(update)):
-                    stopped = f"global hypergradient diverged in window {s} (playout to T)"
-                    break
-
-            state, tangents = window.state, window.tangents
-            val_loss = float(val_loss_fn(state.params))
-            records.append(_Record(
-                step, np.asarray(phi), np.asarray(problem.space.bounded(phi)), update, local,
-                estimate, train_loss, val_loss, *dmd, seconds_window, seconds_playout,
-                seconds_dmd, hs if config.keep_trajectories else None,
-            ))
-            if (s + 1) % config.eval_every == 0 or s + 1 == config.num_windows:
-                metrics = jax.device_get(evaluate(state.params))
-                evals.append((step, float(metrics.get("test_accuracy", np.nan))))
-            bar.set_postfix(val_loss=f"{val_loss:.3g}")
-
-            if config.strategy != "none":
-                updates, outer_state = outer.update(jnp.asarray(update, phi.dtype), outer_state,
-                                                    phi)
-                phi = optax.apply_updates(phi, updates)
-            done = snapshot(s + 1)
-            if (s + 1) % checkpoint_every == 0:
-                save(done)
+            records.append(record)
+            carry = next_carry
+            saver.finished(carry, records)
+            bar.set_postfix(val_loss=f"{record.val_loss:.3g}")
             if callback is not None:
-                callback(s, result(""))
-    except BaseException:
-        save(done)
-        raise
-    finally:
-        bar.close()
-    return result(stopped)
+                callback(s, _history(problem, config, records, seconds_compile, ""))
+    return _history(problem, config, records, seconds_compile, stopped)

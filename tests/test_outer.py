@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
+from glocal_core._outer_step import Diverged, init, step
 
 
 def _targets():
@@ -91,17 +92,22 @@ def test_same_key_same_history():
     assert not np.array_equal(first.train_loss, third.train_loss)
 
 
-def test_divergence_stops_cleanly_with_reason():
+def _exploding_problem():
+    """θ grows tenfold per step: the training loss overflows float32 in the second window."""
     space = gc.HyperSpace(("scale",), (0.0,), (1.0,))
 
-    def step(state, phi, key):
+    def inner_step(state, phi, key):
         theta = state.params * (10.0 + space.bounded(phi)[0])
         return gc.InnerState(theta, state.opt_state), jnp.sum(theta**2)
 
-    problem = gc.BilevelProblem(
+    return gc.BilevelProblem(
         space=space, phi0=jnp.zeros(1), init=lambda key: gc.InnerState(jnp.ones(2), ()),
-        step=step, val_loss=lambda theta: jnp.sum(theta), evaluate=lambda theta: {},
+        step=inner_step, val_loss=lambda theta: jnp.sum(theta), evaluate=lambda theta: {},
     )
+
+
+def test_divergence_stops_cleanly_with_reason():
+    problem = _exploding_problem()
     config = gc.OuterConfig("local", total_steps=200, tau=10)
     result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
     assert "diverged" in result.stopped
@@ -187,7 +193,7 @@ def _comparable(result):
     return {k: v for k, v in result._asdict().items() if not k.startswith("seconds")}
 
 
-@pytest.mark.parametrize("strategy, reset", [("global", True), ("glocal", False)])
+@pytest.mark.parametrize("strategy, reset", [("global", True), ("glocal", False), ("none", True)])
 def test_interrupted_run_resumes_to_the_identical_result(tmp_path, strategy, reset):
     problem = gc.quadratic_problem(*_targets(), gc.sgd(0.1, 0.5, 0.3), noise=0.1)
     config = gc.OuterConfig(strategy, total_steps=280, tau=40, sigma=30, m=4,
@@ -246,3 +252,98 @@ def test_glocal_steps_with_its_estimator(estimator):
     if estimator == "mean":
         np.testing.assert_allclose(result.hypergradient, result.trajectories.mean(axis=1),
                                    rtol=1e-6)
+
+
+def _host(tree):
+    """The leaves of a carry as numpy arrays (PRNG keys as their key data), to compare."""
+    def host(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return np.asarray(jax.random.key_data(leaf))
+        return np.asarray(leaf)
+
+    return [host(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def _assert_same_record(got, expected):
+    for name, value in got._asdict().items():
+        if not name.startswith("seconds"):
+            np.testing.assert_array_equal(value, getattr(expected, name), err_msg=name)
+
+
+@pytest.mark.parametrize("strategy", gc.STRATEGIES)
+def test_stepping_window_by_window_is_run_outer(strategy):
+    problem = gc.quadratic_problem(*_targets(), gc.sgd(0.1, 0.5, 0.3), noise=0.1)
+    config = gc.OuterConfig(strategy, total_steps=160, tau=40, sigma=30, m=4, eval_every=3,
+                            keep_trajectories=True)
+    key = jax.random.key(8)
+    carry, records = init(problem, config, key=key), []
+    for _ in range(config.num_windows):
+        carry, record = step(problem, config, carry)
+        records.append(record)
+    result = gc.run_outer(problem, config, key=key, progress=False)
+    assert carry.window == len(result.step) == 4
+    for name in ("step", "phi", "hyperparameters", "hypergradient", "local_hypergradient",
+                 "estimate", "train_loss", "val_loss", "spectral_radius", "num_kept", "fallback"):
+        np.testing.assert_array_equal([getattr(r, name) for r in records], getattr(result, name),
+                                      err_msg=name)
+    assert tuple(r.fallback_reason for r in records) == result.fallback_reason
+    np.testing.assert_array_equal([r.trajectory for r in records], result.trajectories)
+    assert [r.step for r in records if r.evaluated] == list(result.eval_step) == [120, 160]
+    np.testing.assert_array_equal([r.test_accuracy for r in records if r.evaluated],
+                                  result.test_accuracy)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_step_is_a_function_of_its_carry(reset):
+    problem = gc.quadratic_problem(*_targets(), gc.sgd(0.1, 0.5, 0.3), noise=0.1)
+    config = gc.OuterConfig("glocal", total_steps=200, tau=40, sigma=30, m=4,
+                            reset_tangents=reset)
+    carry, _ = step(problem, config, init(problem, config, key=jax.random.key(9)))
+    before = _host(carry)
+    (first, first_record), (second, second_record) = (step(problem, config, carry)
+                                                      for _ in range(2))
+    for got, expected in [(_host(second), _host(first)), (_host(carry), before)]:
+        for a, b in zip(got, expected, strict=True):  # and the carry stepped from is unchanged
+            np.testing.assert_array_equal(a, b)
+    _assert_same_record(second_record, first_record)
+    assert (first.window, first_record.step) == (2, 80)
+    # Minibatches are drawn by window index: the same carry labelled window 3 trains otherwise.
+    _, elsewhere = step(problem, config, carry._replace(window=3))
+    assert elsewhere.train_loss != first_record.train_loss
+
+
+def test_init_is_window_zero_at_phi0():
+    problem = _weight_decay_problem(0.3)
+    for strategy, mode, tracked in [("glocal", "forward", True), ("glocal", "reverse", False),
+                                    ("none", "forward", False)]:
+        config = gc.OuterConfig(strategy, total_steps=80, tau=40, sigma=30, m=4, mode=mode)
+        carry = init(problem, config, key=jax.random.key(0))
+        assert carry.window == 0
+        np.testing.assert_array_equal(carry.phi, problem.phi0)
+        if tracked:
+            assert all(np.all(z == 0) for z in jax.tree.leaves(carry.tangents))
+        else:
+            assert carry.tangents is None
+        # The carry keeps its structure from window to window: a checkpoint fits any of them.
+        after, _ = step(problem, config, carry)
+        assert jax.tree.structure(after) == jax.tree.structure(carry)
+
+
+def test_step_raises_diverged_and_the_driver_stops_before_that_window():
+    problem = _exploding_problem()
+    config = gc.OuterConfig("local", total_steps=200, tau=10)
+    carry, _ = step(problem, config, init(problem, config, key=jax.random.key(0)))
+    with pytest.raises(Diverged, match="training diverged in window 1"):
+        step(problem, config, carry)
+    result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
+    assert result.stopped == "training diverged in window 1 (non-finite training loss)"
+    assert len(result.step) == 1
+
+
+def test_unreadable_checkpoint_says_to_delete_it(tmp_path):
+    path = tmp_path / "run.ckpt"
+    path.write_bytes(b"a checkpoint of an older glocal_core, or a truncated file")
+    config = gc.OuterConfig("local", total_steps=80, tau=40)
+    with pytest.raises(ValueError, match="cannot be read.*Delete it"):
+        gc.run_outer(_weight_decay_problem(0.3), config, key=jax.random.key(0),
+                     progress=False, checkpoint=path)
