@@ -1,4 +1,4 @@
-"""`python -m glocal_core {reproduce,bench,fidelity,data}`: the command line."""
+"""`python -m glocal_core {reproduce,doctor,bench,fidelity,data}`: the command line."""
 
 import argparse
 import sys
@@ -30,6 +30,22 @@ def _parser() -> argparse.ArgumentParser:
                                 "~/tensorflow_datasets)")
     reproduce.add_argument("--list", action="store_true",
                            help="list the runs and whether each is cached; run nothing")
+    reproduce.add_argument("--dry-run", action="store_true",
+                           help="build every run of the full profile at full size, run a few "
+                                "steps, print seconds per step, peak memory and estimated "
+                                "hours on this device; cache no result")
+    reproduce.add_argument("--steps", type=int, default=2,
+                           help="with --dry-run: steps of the window run, and calls timed")
+    reproduce.add_argument("--shard", default=None, metavar="K/N",
+                           help="compute only shard K of N (run i goes to shard i mod N), "
+                                "e.g. $SLURM_ARRAY_TASK_ID/4; a later call without --shard "
+                                "collects them")
+
+    doctor = commands.add_parser(
+        "doctor", help="what to check before a long run: backend, precision, datasets, "
+                       "cache, estimated hours")
+    doctor.add_argument("--cache-dir", default=None, help="as for reproduce")
+    doctor.add_argument("--data-dir", default=None, help="as for reproduce")
 
     fidelity = commands.add_parser(
         "fidelity", help="score every steady-state estimator against the true global "
@@ -81,14 +97,19 @@ def _parser() -> argparse.ArgumentParser:
 def _reproduce(args) -> int:
     from . import experiments as ex
     from ._data import DatasetNotPreparedError
+    from ._shard import parse_shard, reproduce_shard
 
     names = EXPERIMENTS if args.name == "all" else (args.name,)
     try:
         profile = args.profile or ex.profile_from_env()
         ex.check_profile(profile)
+        shard = parse_shard(args.shard) if args.shard else None
         for name in names:
             exp = ex.experiment(name, profile)
             print(f"# {name} ({profile}): {exp.description}")
+            if args.dry_run:
+                _dry_run(name, profile, args)
+                continue
             if args.list:
                 for spec in exp.runs:
                     path = ex.result_path(spec, args.cache_dir)
@@ -96,14 +117,30 @@ def _reproduce(args) -> int:
                              "checkpointed" if path.with_suffix(".ckpt").exists() else "to run")
                     print(f"{spec.label:55s} {state}")
                 continue
-            results = ex.reproduce(name, profile, cache_dir=args.cache_dir,
-                                   data_dir=args.data_dir)
+            if shard is not None:
+                results = reproduce_shard(name, profile, *shard, cache_dir=args.cache_dir,
+                                          data_dir=args.data_dir)
+            else:
+                results = ex.reproduce(name, profile, cache_dir=args.cache_dir,
+                                       data_dir=args.data_dir)
             for row in ex.summary_rows(name, results):
                 print("  ".join(f"{k}={v}" for k, v in row.items()))
     except (DatasetNotPreparedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _dry_run(name: str, profile: str, args) -> None:
+    from ._doctor import save_report
+    from ._dryrun import dry_run, format_dry_runs
+
+    if profile != "full":
+        raise ValueError(f"--dry-run is for the full profile (got {profile!r}): pass "
+                         "--profile full.")
+    rows = dry_run(name, steps=args.steps, data_dir=args.data_dir)
+    print(format_dry_runs(rows))
+    save_report(name, rows, args.cache_dir)
 
 
 def _fidelity(args) -> int:
@@ -143,6 +180,11 @@ def main(argv=None) -> int:
         return _reproduce(args)
     if args.command == "fidelity":
         return _fidelity(args)
+    if args.command == "doctor":
+        from ._doctor import doctor
+
+        print(doctor(cache_dir=args.cache_dir, data_dir=args.data_dir))
+        return 0
     if args.command == "bench":
         from ._bench import main as bench_main
 

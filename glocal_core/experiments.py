@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from ._bench import PAPER as PAPER_BENCH
 from ._bench import PAPER_SECONDS, BenchConfig, run_bench
-from ._data import NUM_CLASSES, load_dataset, to_device
+from ._data import NUM_CLASSES, Splits, load_dataset, to_device
 from ._hyperparams import adam, sgd
 from ._io import load_pickle, save_pickle
 from ._models import MLP, LeNet, MetaMLP, WideResNet
@@ -357,18 +357,22 @@ def experiment(name: str, profile: str | None = None) -> Experiment:
 # --- running ----------------------------------------------------------------------------
 
 
-def build_problem(spec: RunSpec, *, data_dir: str | os.PathLike | None = None) -> BilevelProblem:
+def build_problem(spec: RunSpec, *, data_dir: str | os.PathLike | None = None,
+                  splits: Splits | None = None) -> BilevelProblem:
     """The `BilevelProblem` of `spec`: data loaded (and put on the device), model built.
 
+    `splits` replaces the loaded data (the dry run's arrays of the real shapes).
     Raises `DatasetNotPreparedError` (naming the command that prepares it) for a tfds dataset
     that is not prepared under `data_dir` / `$TFDS_DATA_DIR`.
     """
-    kwargs = dict(seed=spec.seed, val_size=spec.data.val_size, imbalance=spec.data.imbalance)
-    if spec.data.name == "digits":
-        kwargs["image_shape"] = spec.data.image_shape or (28, 28, 1)
-    else:
-        kwargs["data_dir"] = data_dir
-    splits = to_device(load_dataset(spec.data.name, **kwargs))
+    if splits is None:
+        kwargs = dict(seed=spec.seed, val_size=spec.data.val_size, imbalance=spec.data.imbalance)
+        if spec.data.name == "digits":
+            kwargs["image_shape"] = spec.data.image_shape or (28, 28, 1)
+        else:
+            kwargs["data_dir"] = data_dir
+        splits = load_dataset(spec.data.name, **kwargs)
+    splits = to_device(splits)
     train, val, test = ((d.images, d.labels) for d in (splits.train, splits.val, splits.test))
     model_key, meta_key = jr.split(jr.key(spec.seed))
     shape = train[0].shape[1:]
