@@ -1,23 +1,5 @@
-"""Plotting helpers shared by the chapters: one colour per strategy, DMD spectra and modes.
-
-Import it as `import glocal_core.plotting as gplt`; `import glocal_core` does not import it,
-so the library itself needs no matplotlib. Every helper draws on an `Axes` it is given and
-returns it, leaving titles (which name the profile, see `caption`) to the caller:
-
-```python
-fig, ax = plt.subplots()
-plot_eigenvalues(ax, fit)
-ax.set(title=f"Hankel DMD eigenvalues ({caption(PROFILE, data.name)})")
-```
-
-The near-one eigenvalues and their modes are drawn in the colour of the `glocal` strategy:
-they are the part of the DMD that the glocal estimate keeps (Eq. 14).
-
-Figures are sized for the book's text width (`BOOK_WIDTH`): `panel_grid` lays out any number
-of panels at most two per row, and `shared_legend` puts one legend under them. The chapters
-use the house style `plt.style.use("glocal_core.book")` (`book.mplstyle`): 10 pt ticks, which
-read at 8 pt or more wherever the browser scales a figure to at least 80% (the built-book
-browser test checks that every figure is shown at that scale or larger).
+"""The building blocks of every figure (see the package docstring): colours per strategy,
+the book's layout (`panel_grid`, `shared_legend`), DMD spectra and modes, curves over seeds.
 """
 
 import math
