@@ -62,4 +62,5 @@ from ._problems import BilevelProblem as BilevelProblem
 from ._problems import InnerState as InnerState
 from ._problems import classification_problem as classification_problem
 from ._problems import quadratic_problem as quadratic_problem
+from ._problems import meta_network as meta_network
 from ._problems import reweighting_problem as reweighting_problem

@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _reproduce(args) -> int:
     from . import experiments as ex
+    from . import results as gr
+    from . import tables as gt
     from ._data import DatasetNotPreparedError
     from ._shard import parse_shard, reproduce_shard
 
@@ -123,8 +125,8 @@ def _reproduce(args) -> int:
             else:
                 results = ex.reproduce(name, profile, cache_dir=args.cache_dir,
                                        data_dir=args.data_dir)
-            for row in ex.summary_rows(name, results):
-                print("  ".join(f"{k}={v}" for k, v in row.items()))
+            print(gt.runtime_table(results, caption=gr.provenance(exp)) if exp.bench
+                  else gt.runs_table(exp, results))
     except (DatasetNotPreparedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

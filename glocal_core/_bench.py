@@ -23,6 +23,7 @@ import numpy as np
 from ._hypergrad import track_forward, track_reverse, warm_up, zero_tangents
 from ._hyperparams import sgd
 from ._models import MLP, LeNet, MetaMLP
+from ._estimators import DMDSettings
 from ._outer import STRATEGIES, OuterConfig, run_outer
 from ._problems import classification_problem, reweighting_problem
 
@@ -83,7 +84,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict:
         # glocal with the paper's estimator: Table 3 times the DMD of Eq. 14.
         outer = OuterConfig(strategy, total_steps=config.steps, tau=config.tau,
                             sigma=config.sigma, m=config.m, eval_every=10**9,
-                            estimator="paper")
+                            dmd=DMDSettings(method="paper"))
         result = run_outer(problem, outer, key=k_run, progress=progress, desc=f"bench {strategy}")
         seconds[strategy] = float(np.sum(result.seconds_window + result.seconds_playout
                                          + result.seconds_dmd))

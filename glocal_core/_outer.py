@@ -6,7 +6,7 @@ Training runs in S = T/τ windows of τ inner steps with φ_s fixed. After windo
 - `local`:  φ ← Adam step with h_{(s+1)τ}, the hypergradient at the window's end (Eq. 6);
 - `global`: φ ← Adam step with h_T, from a playout of φ_s to step T (Eq. 5; ≈ S·T/2 extra steps);
 - `glocal`: φ ← Adam step with ĥ∞, the steady state of the window's last σ hypergradients
-  by `config.estimator` (default `DEFAULT_METHOD`; `"paper"` is the λ ≈ 1 part of a Hankel
+  by `config.dmd.method` (default `DEFAULT_METHOD`; `"paper"` is the λ ≈ 1 part of a Hankel
   DMD, Eq. 11–14); where the estimator has no steady state, the local one, recorded.
 
 The `global` run also fits the DMD to its window (at the price of σ − 1 more validation
@@ -38,7 +38,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
-from ._estimators import DEFAULT_METHOD, METHODS
+from ._estimators import DMD_DEFAULTS, METHODS, DMDSettings
 from ._io import load_pickle, save_pickle
 from ._outer_step import Diverged, WindowRecord, compile_step, init, step
 from ._problems import BilevelProblem
@@ -66,10 +66,9 @@ class OuterConfig:
       at smoke, every estimator's median error to h_T was below that of carried Z (window
       mean 0.81 against 1.25; local 1.07 against 1.64), and with Z carried none beat
       predicting zero (error 1).
-    - `estimator`: the steady-state estimator of `glocal` (and recorded by `global`), one of
-      `METHODS`; `"paper"` is Eq. 14.
-    - `delta`, `rtol`: the DMD's |λ − 1| tolerance and relative rank cut-off (`None`: defaults
-      of `estimate_steady_state`).
+    - `dmd`: the steady-state estimator of `glocal` (and recorded by `global`) with its
+      tolerances, a `DMDSettings` (default `DMD_DEFAULTS`); `DMDSettings(method="paper")`
+      is the paper's Eq. 14.
     - `keep_trajectories`: keep the σ hypergradients of every window (`glocal`, `global`) in
       `OuterResult.trajectories`, to re-fit the DMD afterwards with other settings.
     """
@@ -83,9 +82,7 @@ class OuterConfig:
     eval_every: int = 10
     mode: str = "forward"
     reset_tangents: bool = True
-    estimator: str = DEFAULT_METHOD
-    delta: float | None = None
-    rtol: float | None = None
+    dmd: DMDSettings = DMD_DEFAULTS
     keep_trajectories: bool = False
 
     def __post_init__(self):
@@ -112,8 +109,8 @@ class OuterConfig:
             raise ValueError("mode='reverse' with strategy='global': playouts are forward mode.")
         if self.mode == "reverse" and not self.reset_tangents:
             raise ValueError("reset_tangents=False needs mode='forward' (reverse mode has no Z).")
-        if self.estimator not in METHODS:
-            raise ValueError(f"estimator={self.estimator!r}: choose one of {METHODS}.")
+        if self.dmd.method not in METHODS:
+            raise ValueError(f"dmd.method={self.dmd.method!r}: choose one of {METHODS}.")
         if self.eval_every < 1:
             raise ValueError(f"eval_every={self.eval_every}: must be >= 1.")
 
@@ -138,7 +135,7 @@ class OuterResult(NamedTuple):
     - `phi`, `hyperparameters`: raw φ_s and bounded values used in window s, `(S, q)`.
     - `hypergradient`: what updated φ after window s, `(S, q)` (zeros for `none`).
     - `local_hypergradient`: h at the window's end, `(S, q)` (NaN for `none`).
-    - `estimate`: the steady state ĥ∞ by `config.estimator` (h_τ where it fell back), `(S, q)`
+    - `estimate`: the steady state ĥ∞ by `config.dmd.method` (h_τ where it fell back), `(S, q)`
       (`glocal` and `global`; NaN otherwise).
     - `train_loss`: mean minibatch loss over the window; `val_loss`: ℓ̃ at its end, `(S,)`.
     - `eval_step`, `test_accuracy`: the test metric every `eval_every` windows.

@@ -132,18 +132,17 @@ def _window(problem, config: "OuterConfig", carry: OuterState, tangents) -> Wind
 
 
 def _steady_state(config: "OuterConfig", hs: np.ndarray) -> tuple[np.ndarray, tuple, float]:
-    """ĥ∞ by `config.estimator`; Eq. 14's fit for the diagnostics (spectral radius, modes
+    """ĥ∞ by `config.dmd.method`; Eq. 14's fit for the diagnostics (spectral radius, modes
     kept, fallback and its kind); the seconds it took. NaN unless `glocal` or `global`."""
     if config.strategy not in ("glocal", "global"):
         return np.full(hs.shape[1], np.nan), (np.nan, 0, False, ""), 0.0
-    dmd_kwargs = {k: v for k, v in (("delta", config.delta), ("rtol", config.rtol))
-                  if v is not None}
+    tolerances = config.dmd.tolerances()
     start = time.perf_counter()
-    steady = steady_state(hs, sigma=config.sigma, m=config.m, method=config.estimator,
-                          **dmd_kwargs)
+    steady = steady_state(hs, sigma=config.sigma, m=config.m, method=config.dmd.method,
+                          **tolerances)
     seconds = time.perf_counter() - start
-    fit = steady.dmd if config.estimator == "paper" else estimate_steady_state(
-        hs, sigma=config.sigma, m=config.m, **dmd_kwargs)
+    fit = steady.dmd if config.dmd.method == "paper" else estimate_steady_state(
+        hs, sigma=config.sigma, m=config.m, **tolerances)
     diagnostics = (fit.spectral_radius, int(np.sum(fit.kept)), bool(steady.fallback),
                    steady.fallback)
     return steady.value, diagnostics, seconds

@@ -192,6 +192,14 @@ def classification_problem(
     )
 
 
+def meta_network(meta: eqx.Module) -> tuple[Float[Array, " q"], Callable[[Array], eqx.Module]]:
+    """φ of a meta network and the map back, φ ↦ μ_φ: its inexact arrays, flattened with
+    `ravel_pytree`, are φ (as `reweighting_problem` learns them); the rest stays fixed."""
+    params, static = eqx.partition(meta, eqx.is_inexact_array)
+    phi, unravel = ravel_pytree(params)
+    return phi, lambda phi: eqx.combine(unravel(phi), static)
+
+
 def reweighting_problem(
     model: eqx.Module,
     meta: eqx.Module,
@@ -223,14 +231,13 @@ def reweighting_problem(
     - `eval_chunk`: test examples per forward pass when evaluating.
     """
     c = _classifier(model, train, val, test, batch_size, eval_chunk)
-    meta_params, meta_static = eqx.partition(meta, eqx.is_inexact_array)
-    phi0, unravel = ravel_pytree(meta_params)
+    phi0, network = meta_network(meta)
     optimizer = optax.chain(optax.add_decayed_weights(weight_decay),
                             optax.sgd(learning_rate, momentum=momentum))
 
     def weighted_loss(params, phi, key):
         losses = c.batch_losses(params, key)
-        weights = eqx.combine(unravel(phi), meta_static)(jax.lax.stop_gradient(losses))
+        weights = network(phi)(jax.lax.stop_gradient(losses))
         return jnp.mean(losses * weights)
 
     def step(state: InnerState, phi, key):

@@ -4,6 +4,7 @@ built book, where no kernel runs.
 """
 
 import hashlib
+import html
 import importlib.resources
 import json
 
@@ -61,8 +62,8 @@ def grid_json(grid) -> dict:
     """The JSON-ready content of a static explorer: slider values, and per point (τ-major,
     then σ, then m) the eigenvalues, the kept mask, each mode's size at the end of the window
     and at T (`mode_magnitudes`: the page draws the straight line between them on its log
-    scale), the hypergradients and a sentence on the fit; an
-    invalid point holds only its `invalid` sentence."""
+    scale), the hypergradients and a sentence on the fit; an invalid point holds only its
+    `invalid` sentence."""
     return {
         "taus": list(grid.taus), "sigmas": list(grid.sigmas), "ms": list(grid.ms),
         "initial": list(grid.initial), "horizon": grid.horizon, "names": list(grid.names),
@@ -86,6 +87,7 @@ _STYLE = """
 #{uid} .gx-text {{ max-width: 940px; }}
 """
 
+
 def _script(uid: str) -> str:
     """The explorer's JavaScript (the package file `explorer.js`) for the element `uid`."""
     source = importlib.resources.files(__package__).joinpath("explorer.js").read_text("utf-8")
@@ -100,6 +102,8 @@ def static_explorer_html(grid) -> str:
     payload = json.dumps(grid_json(grid), separators=(",", ":"), ensure_ascii=False,
                          allow_nan=False)
     uid = "glocal-explorer-" + hashlib.sha1(payload.encode()).hexdigest()[:10]
+    # `<\/` reads as `</` in JSON, but cannot end the script element that holds it.
+    payload = payload.replace("</", "<\\/")
     sliders = "".join(
         f'<label>{label} <input type="range" name="{name}" min="0" max="{len(values) - 1}" '
         f'step="1" value="{values.index(start)}" aria-label="{name}"><output></output></label>'
@@ -109,18 +113,13 @@ def static_explorer_html(grid) -> str:
     return (
         f'<div id="{uid}" class="glocal-explorer">'
         f"<style>{_STYLE.format(uid=uid)}</style>"
-        f'<div class="gx-title">{_escape(grid.title)}</div>'
+        f'<div class="gx-title">{html.escape(grid.title, quote=False)}</div>'
         f'<div class="gx-controls">{sliders}</div>'
         f'<div class="gx-invalid" style="display:none"></div>'
         f'<svg viewBox="0 0 960 320" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'aria-label="DMD eigenvalues, mode magnitudes and hypergradients"></svg>'
         f'<div class="gx-text"></div>'
-        f'<script type="application/json" id="{uid}-data">'
-        f"{payload.replace('</', '<' + chr(92) + '/')}</script>"
+        f'<script type="application/json" id="{uid}-data">{payload}</script>'
         f"<script>{_script(uid)}</script>"
         f"</div>"
     )
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

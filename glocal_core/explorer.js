@@ -20,11 +20,11 @@
   var NS = "http://www.w3.org/2000/svg", C = data.colors;
   var axes = [data.taus, data.sigmas, data.ms];
 
-  function el(tag, attrs, parent, content) {
+  function el(tag, attrs, content) {
     var node = document.createElementNS(NS, tag);
     for (var k in attrs) node.setAttribute(k, attrs[k]);
     if (content !== undefined) node.textContent = content;
-    (parent || svg).appendChild(node);
+    svg.appendChild(node);
     return node;
   }
   function fmt(v) { return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3)
@@ -32,22 +32,22 @@
   // A panel: origin (x0, y0), size (w, h), data ranges; returns coordinate maps.
   function panel(x0, y0, w, h, xr, yr, title, xlabel, ylabel) {
     el("rect", {x: x0, y: y0, width: w, height: h, fill: "none", stroke: "#444"});
-    el("text", {x: x0 + w / 2, y: y0 - 8, "text-anchor": "middle", "font-size": 12}, null, title);
-    el("text", {x: x0 + w / 2, y: y0 + h + 32, "text-anchor": "middle", "font-size": 11}, null, xlabel);
+    el("text", {x: x0 + w / 2, y: y0 - 8, "text-anchor": "middle", "font-size": 12}, title);
+    el("text", {x: x0 + w / 2, y: y0 + h + 32, "text-anchor": "middle", "font-size": 11}, xlabel);
     el("text", {x: x0 - 40, y: y0 + h / 2, "text-anchor": "middle", "font-size": 11,
-                transform: "rotate(-90 " + (x0 - 40) + " " + (y0 + h / 2) + ")"}, null, ylabel);
+                transform: "rotate(-90 " + (x0 - 40) + " " + (y0 + h / 2) + ")"}, ylabel);
     return {
       x: function (v) { return x0 + (v - xr[0]) / (xr[1] - xr[0]) * w; },
       y: function (v) { return y0 + h - (v - yr[0]) / (yr[1] - yr[0]) * h; },
       xtick: function (v, label) {
         var X = this.x(v);
         el("line", {x1: X, x2: X, y1: y0 + h, y2: y0 + h + 4, stroke: "#444"});
-        el("text", {x: X, y: y0 + h + 16, "text-anchor": "middle", "font-size": 10}, null, label);
+        el("text", {x: X, y: y0 + h + 16, "text-anchor": "middle", "font-size": 10}, label);
       },
       ytick: function (v, label) {
         var Y = this.y(v);
         el("line", {x1: x0 - 4, x2: x0, y1: Y, y2: Y, stroke: "#444"});
-        el("text", {x: x0 - 6, y: Y + 3, "text-anchor": "end", "font-size": 10}, null, label);
+        el("text", {x: x0 - 6, y: Y + 3, "text-anchor": "end", "font-size": 10}, label);
       }
     };
   }
@@ -92,18 +92,23 @@
     [0, Math.round(steps / 2), steps].forEach(function (v) { P.xtick(v, String(v)); });
     var every = Math.ceil((top - bottom) / 6);
     for (k = bottom; k <= top; k += every) P.ytick(k, "1e" + k);
-    var order = p.kept.map(function (kept, j) { return [kept, j]; }).sort(function (a, b) { return a[0] - b[0]; });
+    var order = p.kept.map(function (kept, j) { return [kept, j]; })
+      .sort(function (a, b) { return a[0] - b[0]; });
     order.forEach(function (o) {
       var line = lines[o[1]];
       if (line === null || Math.max(line[0], line[1]) < bottom) return;
       var ends = [[0, line[0]], [steps, line[1]]];
       ends.forEach(function (e, n) {  // move an end below the panel up to where it enters
         var other = ends[1 - n];
-        if (e[1] < bottom) { e[0] = other[0] + (e[0] - other[0]) * (other[1] - bottom) / (other[1] - e[1]); e[1] = bottom; }
+        if (e[1] < bottom) {
+          e[0] = other[0] + (e[0] - other[0]) * (other[1] - bottom) / (other[1] - e[1]);
+          e[1] = bottom;
+        }
       });
-      el("polyline", {points: ends.map(function (q) { return P.x(q[0]) + "," + P.y(q[1]); }).join(" "),
-                      fill: "none", stroke: o[0] ? C.glocal : C.other, "class": "gx-mode",
-                      "stroke-width": o[0] ? 2 : 1, "stroke-opacity": o[0] ? 1 : 0.6});
+      var points = ends.map(function (q) { return P.x(q[0]) + "," + P.y(q[1]); }).join(" ");
+      el("polyline", {points: points, fill: "none", stroke: o[0] ? C.glocal : C.other,
+                      "class": "gx-mode", "stroke-width": o[0] ? 2 : 1,
+                      "stroke-opacity": o[0] ? 1 : 0.6});
     });
   }
 
@@ -111,7 +116,9 @@
     var series = [["local", p.local], ["glocal", p.est], ["global", data.target]];
     var q = data.names.length, M = 1.2, i, j;
     var scale = data.target.map(function (v) { return Math.abs(v) > 0 ? Math.abs(v) : 1; });
-    series.forEach(function (s) { s[1].forEach(function (v, i) { M = Math.max(M, 1.1 * Math.abs(v / scale[i])); }); });
+    series.forEach(function (s) {
+      s[1].forEach(function (v, i) { M = Math.max(M, 1.1 * Math.abs(v / scale[i])); });
+    });
     var P = panel(700, 40, 240, 240, [0, q], [-M, M],
                   "error vs global: glocal " + fmt(p.errGlocal) + ", local " + fmt(p.errLocal),
                   "hyperparameter", "hypergradient / |global|");
@@ -120,15 +127,15 @@
     for (i = 0; i < q; i++) {
       P.xtick(i + 0.5, data.names[i]);
       for (j = 0; j < 3; j++) {
-        var v = series[j][1][i] / scale[i], x = P.x(i + 0.1 + 0.8 * j / 3), w = P.x(0.8 / 3) - P.x(0);
-        el("rect", {x: x, y: Math.min(P.y(v), P.y(0)), width: w, height: Math.abs(P.y(v) - P.y(0)),
-                    fill: C[series[j][0]]});
+        var v = series[j][1][i] / scale[i], x = P.x(i + 0.1 + 0.8 * j / 3);
+        el("rect", {x: x, y: Math.min(P.y(v), P.y(0)), width: P.x(0.8 / 3) - P.x(0),
+                    height: Math.abs(P.y(v) - P.y(0)), fill: C[series[j][0]]});
       }
     }
     series.forEach(function (s, j) {
       el("rect", {x: 712, y: 50 + 14 * j, width: 10, height: 10, fill: C[s[0]]});
       el("text", {x: 726, y: 59 + 14 * j, "font-size": 10},
-         null, s[0] + (s[0] === "glocal" && p.fallback ? " (fell back: local)" : ""));
+         s[0] + (s[0] === "glocal" && p.fallback ? " (fell back: local)" : ""));
     });
   }
 
@@ -139,7 +146,8 @@
       inputs[i].nextElementSibling.textContent = axes[i][idx[i]];
     }
     var p = data.points[(idx[0] * data.sigmas.length + idx[1]) * data.ms.length + idx[2]];
-    root.setAttribute("data-setting", axes[0][idx[0]] + "," + axes[1][idx[1]] + "," + axes[2][idx[2]]);
+    root.setAttribute("data-setting",
+                      axes[0][idx[0]] + "," + axes[1][idx[1]] + "," + axes[2][idx[2]]);
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     if (p.invalid) {
       svg.style.display = "none"; text.textContent = "";

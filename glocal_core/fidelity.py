@@ -26,12 +26,10 @@ SIMPLICITY = ("local", "mean", "affine", "rre", "paper", "fbdmd", "tlsdmd")
 
 
 class EstimatorScores(NamedTuple):
-    """One estimator on every window of one `global` run but its last (where h_T = h_τ).
-
-    **Fields** (one entry per window): `error` (relative error to h_T), `cosine` (with h_T),
-    `sign` (share of coordinates whose sign matches h_T's), `beats_local` (strictly closer to
-    h_T than h_τ), `fallback` (the estimator fell back), `seconds` (per estimate).
-    """
+    """One estimator on every window of one `global` run but its last (where h_T = h_τ):
+    relative `error` to h_T, `cosine` with it, `sign` (share of coordinates whose sign
+    matches h_T's), `beats_local` (strictly closer to h_T than h_τ), `fallback`, `seconds`
+    per estimate."""
 
     error: np.ndarray
     cosine: np.ndarray
@@ -49,9 +47,7 @@ def estimator_scores(result: OuterResult, method: str, **kwargs) -> EstimatorSco
     if result.config.strategy != "global" or result.trajectories is None:
         raise ValueError("estimator_scores needs a `global` run with keep_trajectories=True.")
     config = result.config
-    options = {"sigma": config.sigma, "m": config.m, **{
-        k: v for k, v in (("delta", config.delta), ("rtol", config.rtol)) if v is not None}}
-    options.update(kwargs)
+    options = {"sigma": config.sigma, "m": config.m, **config.dmd.tolerances(), **kwargs}
     keep = np.asarray(result.step) < config.total_steps
     target = np.asarray(result.hypergradient, np.float64)[keep]
     local = np.asarray(result.local_hypergradient, np.float64)[keep]
@@ -148,7 +144,6 @@ def best_estimator(rows: Sequence[Mapping], recording: str = "all", *,
     return next(k for k in SIMPLICITY if k in fine and fine[k]["median error"] <= best + tie)
 
 
-# One colour per estimator in the fidelity figure; the two baselines in the strategy colours.
 def compact_rows(rows: Sequence[Mapping]) -> list[dict]:
     """The pooled rows, one per estimator, the two conventions for Z side by side: what fits
     a page (the CLI prints every row)."""

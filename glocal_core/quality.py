@@ -6,11 +6,10 @@ local hypergradient `h_τ`, the estimate `ĥ∞` of the same window and the true
 hypergradient `h_T` of a playout to step T (`OuterResult.hypergradient`), so:
 
 - `estimate_quality` scores `h_τ` and `ĥ∞` against `h_T` (cosine similarity and relative
-  error) and `quality_summary` condenses that into rates; `hypergradient_errors` gives the
-  errors as curves over seeds.
+  error), `quality_summary` condenses that into rates, `window_errors` pools runs and
+  `hypergradient_errors` makes curves over seeds;
 - `refit`, `estimate_quality(..., sigma=, m=, delta=)` and `delta_sweep` re-fit the DMD to
   the kept trajectories with other settings.
-- `window_errors` pools the per-window errors of runs.
 
 `glocal_core.spectra` looks at the DMD itself (its spectra, Theorem 3.1 term by term, the
 configurations of Figure 4).
@@ -67,11 +66,9 @@ def relative_error(value, target) -> np.ndarray:
 
 
 class Refit(NamedTuple):
-    """The glocal estimate of every window of a run, re-fitted with other DMD settings.
-
-    **Fields:** `value` `(S, q)` (the local hypergradient where it fell back), `fallback`,
-    `no_eigenvalue_near_one`, `spectral_radius`, `num_kept` `(S,)`, and the `SteadyState`s.
-    """
+    """Eq. 14 re-fitted to every window of a run: `value` `(S, q)` (h_τ where it fell back),
+    per window `fallback`, `no_eigenvalue_near_one`, `spectral_radius`, `num_kept`, and the
+    `SteadyState`s."""
 
     value: np.ndarray
     fallback: np.ndarray
@@ -83,16 +80,9 @@ class Refit(NamedTuple):
 
 def refit(trajectories, sigma: int, m: int, *, delta: float | None = None,
           rtol: float | None = None) -> Refit:
-    """`estimate_steady_state` on the last `sigma` rows of every window's trajectory.
-
-    **Arguments:**
-
-    - `trajectories`: `(S, L, q)`, e.g. `OuterResult.trajectories` (L = the run's σ).
-    - `sigma`, `m`: the DMD setting, `1 <= m < sigma <= L`.
-    - `delta`, `rtol`: the tolerances of `estimate_steady_state` (`None`: its defaults).
-
-    **Returns:** a `Refit`.
-    """
+    """`estimate_steady_state` on the last `sigma` rows (`1 <= m < sigma <= L`) of every
+    window of `trajectories` `(S, L, q)` (e.g. `OuterResult.trajectories`); `delta`, `rtol`:
+    its tolerances (`None`: its defaults)."""
     kwargs = {k: v for k, v in (("delta", delta), ("rtol", rtol)) if v is not None}
     trajectories = np.asarray(trajectories, dtype=np.float64)
     if trajectories.ndim != 3:
@@ -112,17 +102,12 @@ def refit(trajectories, sigma: int, m: int, *, delta: float | None = None,
 
 
 class EstimateQuality(NamedTuple):
-    """Local and glocal against the true global hypergradient, one entry per outer step.
+    """Local (`h_τ`) and glocal (`ĥ∞`) against the global hypergradient `h_T`, per window.
 
-    **Fields:**
-
-    - `step`: inner steps at the end of the window, `(S,)`; `horizon`: `T − step`, how far
-      the playout ran beyond the window (0 for the last window, where `h_T = h_τ`).
-    - `cosine_local`, `cosine_glocal`: cosine similarity of `h_τ` and `ĥ∞` with `h_T`.
-    - `error_local`, `error_glocal`: `‖v − h_T‖ / ‖h_T‖`.
-    - `fallback`: the DMD fell back, so `ĥ∞ = h_τ`.
-    - `no_eigenvalue_near_one`: of those, because no eigenvalue lay within δ of 1.
-    - `spectral_radius`: of the window's DMD.
+    **Fields** (`(S,)` each): `step` (at the window's end) and `horizon` (`T − step`, 0 for
+    the last window, where `h_T = h_τ`); `cosine_*` (similarity with `h_T`) and `error_*`
+    (`‖v − h_T‖ / ‖h_T‖`) of `local` and `glocal`; `fallback` (`ĥ∞ = h_τ`), of which
+    `no_eigenvalue_near_one`; the DMD's `spectral_radius`.
     """
 
     step: np.ndarray
@@ -165,8 +150,8 @@ def estimate_quality(result: OuterResult, *, sigma: int | None = None, m: int | 
         if result.trajectories is None:
             raise ValueError("Re-fitting needs a run with keep_trajectories=True.")
         fit = refit(result.trajectories, sigma or result.config.sigma, m or result.config.m,
-                    delta=delta if delta is not None else result.config.delta,
-                    rtol=result.config.rtol)
+                    delta=delta if delta is not None else result.config.dmd.delta,
+                    rtol=result.config.dmd.rtol)
         glocal, fallback = fit.value, fit.fallback
         no_one, radius = fit.no_eigenvalue_near_one, fit.spectral_radius
     step = np.asarray(result.step)
@@ -184,13 +169,9 @@ def estimate_quality(result: OuterResult, *, sigma: int | None = None, m: int | 
 
 
 class QualitySummary(NamedTuple):
-    """`quality_summary`: rates and medians over the windows with a horizon > 0.
-
-    **Fields:** `windows`; `median_cosine_local`, `median_cosine_glocal`; `median_error_local`,
-    `median_error_glocal`; `closer`, `tie`, `farther` (fractions of windows where the glocal
-    estimate's error is below, equal to (e.g. a fallback) or above the local one's);
-    `fallback_rate`, `no_eigenvalue_rate`, `radius_above_one_rate`.
-    """
+    """Medians and rates over the windows with a horizon > 0: `closer`, `tie` (e.g. a
+    fallback) and `farther` are the shares where glocal's error is below, equal to or above
+    local's."""
 
     windows: int
     median_cosine_local: float
@@ -236,16 +217,9 @@ def closer(quality: EstimateQuality) -> np.ndarray:
 
 def bootstrap_interval(values, *, key: PRNGKeyArray, num_resamples: int = 2000,
                        level: float = 0.9) -> tuple[float, float]:
-    """A percentile bootstrap interval for the mean of `values` (a 0/1 mask gives one for a
-    rate). Windows of one run are not independent draws, so read it as a lower bound on the
-    uncertainty. NaNs for an empty sample.
-
-    **Arguments:**
-
-    - `values`: a 1-D sample.
-    - `key`: the PRNG key of the resampling.
-    - `num_resamples`, `level`: how many resamples, and the coverage of the interval.
-    """
+    """A percentile bootstrap interval of coverage `level` for the mean of the 1-D `values`
+    (of a 0/1 mask: for a rate); NaNs for an empty sample. Windows of one run are not
+    independent draws: read it as a lower bound on the uncertainty."""
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         return float("nan"), float("nan")
@@ -268,47 +242,19 @@ def delta_sweep(results: Sequence[OuterResult], deltas: Sequence[float]) -> list
             for d in deltas]
 
 
+def window_errors(global_runs: Sequence[OuterResult]) -> EstimateQuality:
+    """`estimate_quality` of `global` runs, pooled, without the last window of each (at T
+    itself h_T is h_τ)."""
+    pooled = concat_quality([estimate_quality(r) for r in global_runs])
+    return EstimateQuality(*(np.asarray(v)[pooled.horizon > 0] for v in pooled))
+
+
 def hypergradient_errors(global_runs: Sequence[OuterResult]) -> dict[str, Curve]:
-    """How far the local hypergradient and the glocal estimate are from the global one,
-    window by window, mean ± std over seeds.
-
-    A `global` run holds all three per window: `local_hypergradient` (h_τ), `estimate`
-    (ĥ∞ of the window's estimator) and `hypergradient` (h_T of the playout, which the run
-    followed), so both errors are measured on the same states. The last window is left out:
-    it ends at T, where h_T is h_τ by definition.
-
-    **Returns:** `{"local": Curve, "glocal": Curve}` of the relative errors over `step`.
-    """
-    if any(r.config.strategy != "global" for r in global_runs):
-        raise ValueError("hypergradient_errors needs runs of the global strategy.")
-    keep = [r.step < r.config.total_steps for r in global_runs]
-    steps = [r.step[k] for r, k in zip(global_runs, keep)]
-    return {
-        "local": mean_std(steps, [relative_error(r.local_hypergradient[k], r.hypergradient[k])
-                                  for r, k in zip(global_runs, keep)]),
-        "glocal": mean_std(steps, [relative_error(r.estimate[k], r.hypergradient[k])
-                                   for r, k in zip(global_runs, keep)]),
-    }
-
-
-class WindowErrors(NamedTuple):
-    """Every window but the last of some `global` runs, pooled: the relative errors of the
-    local hypergradient (`local`) and of the estimate the runs recorded (`glocal`) against
-    h_T, and whether the estimator fell back (`fallback`)."""
-
-    local: np.ndarray
-    glocal: np.ndarray
-    fallback: np.ndarray
-
-
-def window_errors(global_runs: Sequence[OuterResult]) -> WindowErrors:
-    """`WindowErrors` of `global` runs (at T itself h_T is h_τ: that window is left out)."""
-    keep = [r.step < r.config.total_steps for r in global_runs]
-    return WindowErrors(
-        np.concatenate([relative_error(r.local_hypergradient, r.hypergradient)[k]
-                        for r, k in zip(global_runs, keep)]),
-        np.concatenate([relative_error(r.estimate, r.hypergradient)[k]
-                        for r, k in zip(global_runs, keep)]),
-        np.concatenate([np.asarray(r.fallback, bool)[k] for r, k in zip(global_runs, keep)]))
-
-
+    """The relative errors of the local hypergradient and of the recorded estimate against
+    h_T window by window (the last left out), mean ± std over the seeds of `global` runs:
+    `{"local": Curve, "glocal": Curve}`. Both are measured on the global run's states."""
+    qualities = [estimate_quality(r) for r in global_runs]
+    return {strategy: mean_std([q.step[q.horizon > 0] for q in qualities],
+                               [getattr(q, f"error_{strategy}")[q.horizon > 0]
+                                for q in qualities])
+            for strategy in ("local", "glocal")}

@@ -34,11 +34,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from . import experiments as ex
 from ._models import MetaMLP
 from ._outer import OuterResult
+from ._problems import meta_network
 from .experiments import DataSpec, Experiment
 
 DATASET_TITLES = {
@@ -159,19 +159,9 @@ class Panel(NamedTuple):
 def group_runs(
     exp: Experiment, results: Mapping[str, OuterResult]
 ) -> dict[Panel, dict[str, list[OuterResult]]]:
-    """Sort an experiment's results into panels and strategies, seeds in a list.
-
-    **Arguments:**
-
-    - `exp`: the `Experiment` the results belong to (for the specs behind the labels).
-    - `results`: `{label: OuterResult}` as `experiments.reproduce` returns it; runs missing
-        from it (e.g. `cached_only=True`) are left out.
-
-    **Returns:**
-
-    `{Panel: {strategy: [OuterResult, ...]}}` in the experiment's order, strategies in the
-    order `none, local, global, glocal`.
-    """
+    """Sort `results` (`{label: OuterResult}` of `exp`; missing runs are left out) into
+    `{Panel: {strategy: [OuterResult, ...]}}`: panels in the experiment's order, strategies
+    in `STRATEGY_ORDER`, seeds in a list."""
     groups: dict[Panel, dict[str, list[OuterResult]]] = {}
     for spec in exp.runs:
         if spec.label not in results:
@@ -186,11 +176,8 @@ def group_runs(
 
 
 class Curve(NamedTuple):
-    """Mean ± std over seeds along a shared x axis.
-
-    **Fields:** `x` `(n,)`; `mean`, `std` `(n, ...)`; `count` `(n,)`, the runs that reached
-    each point.
-    """
+    """Mean ± std over seeds along a shared x axis `(n,)`; `count`: the runs that reached
+    each point."""
 
     x: np.ndarray
     mean: np.ndarray
@@ -199,17 +186,9 @@ class Curve(NamedTuple):
 
 
 def mean_std(xs: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> Curve:
-    """Mean and population std over runs, per x, of runs that may have different lengths.
-
-    **Arguments:**
-
-    - `xs`: one increasing x array `(n_r,)` per run.
-    - `values`: one array `(n_r, ...)` per run, matching its `xs`.
-
-    **Returns:**
-
-    A `Curve` on the union of the x values, each point averaging the runs that have it.
-    """
+    """Mean and population std over runs of different lengths: one increasing `xs[r]`
+    `(n_r,)` and one `values[r]` `(n_r, ...)` per run give a `Curve` on the union of the x
+    values, each point averaging the runs that have it."""
     if len(xs) != len(values) or not xs:
         raise ValueError(f"need one x array per run and at least one run, got {len(xs)} x "
                          f"arrays and {len(values)} value arrays.")
@@ -242,8 +221,8 @@ def hyperparameter_curve(runs: Sequence[OuterResult]) -> Curve:
     """The bounded hyperparameters over inner steps, mean ± std over seeds, `(n, q)`.
 
     `x` are window edges 0, τ, …, T: the values used in a window sit at its first step, and
-    the last window's values are repeated at its end; draw with `steps-post` (as
-    `plotting.plot_transitions` does).
+    the last window's values are repeated at its end; draw with `steps-post`
+    (`plotting.plot_mean_std(..., steps=True)`).
     """
     xs, values = zip(*(_window_edges(r) for r in runs))
     return mean_std(xs, values)
@@ -260,12 +239,10 @@ def loss_curve(runs: Sequence[OuterResult], field: str = "val_loss") -> Curve:
 
 
 class Final(NamedTuple):
-    """A strategy's outcome over seeds. **Fields:** `accuracy_mean`, `accuracy_std` (over
-    the `finished` runs; NaN if none finished), `finished`, `runs`, `hyperparameters` and
-    `hyperparameters_std` (mean and std of the last window's values over finished runs,
-    `(q,)`), `fallbacks`, `windows` (estimator
-    fallbacks and windows, summed over runs), `seconds` (mean training + playout + DMD time
-    per run, compilation excluded), `stopped` (the reasons of runs that stopped early)."""
+    """A strategy's outcome over seeds: final test accuracy and last-window hyperparameters
+    `(q,)`, mean and std over the `finished` runs (NaN if none); estimator `fallbacks` and
+    `windows` summed over all `runs`; mean `seconds` per run (training, playouts and DMD,
+    not compilation); the reasons of the runs that `stopped` early."""
 
     accuracy_mean: float
     accuracy_std: float
@@ -302,36 +279,22 @@ def final(runs: Sequence[OuterResult]) -> Final:
 
 
 def weighting_function(phi) -> Callable[[np.ndarray], np.ndarray]:
-    """The reweighting network μ_φ of Sec. 4.2 with the flat parameters `phi`, as a function
-    from per-example losses to weights in (0, 1).
+    """The reweighting network μ_φ of Sec. 4.2 with the flat parameters `phi` (a row of a
+    `table2` run's `OuterResult.phi`), as `weights(losses)`: NumPy in, NumPy out, values in
+    (0, 1).
 
-    `phi` is a row of `OuterResult.phi` of a `table2` run: `reweighting_problem` flattens the
-    inexact arrays of a `MetaMLP` with `ravel_pytree`, and this undoes that flattening on a
-    `MetaMLP` of the same shape (its initial values are replaced, so its key does not matter).
-    A `MetaMLP` 1 → h → 1 has `3h + 1` parameters, so `phi`'s length gives its width
-    (385 for the paper's h = 128).
-
-    **Arguments:**
-
-    - `phi`: the flat meta parameters.
-
-    **Returns:**
-
-    `weights(losses)`: NumPy in, NumPy out, the shape of `losses`.
+    The map back is the problem's own (`meta_network`), on a `MetaMLP` of the same shape: a
+    `MetaMLP` 1 → h → 1 has `3h + 1` parameters, so `phi`'s length gives its width (385 for
+    the paper's h = 128).
     """
     hidden, rest = divmod(np.size(phi) - 1, 3)
-    if rest or hidden < 1:
-        raise ValueError(f"phi has {np.size(phi)} entries; a MetaMLP 1 -> h -> 1 has 3h + 1.")
-    template, static = eqx.partition(MetaMLP(key=jax.random.key(0), hidden=hidden),
-                                     eqx.is_inexact_array)
-    flat, unravel = ravel_pytree(template)
-    phi = jnp.asarray(phi, flat.dtype)
-    if phi.shape != flat.shape:
-        raise ValueError(f"phi has shape {phi.shape}, but a MetaMLP with hidden={hidden} has "
-                         f"{flat.size} parameters.")
-    meta = eqx.combine(unravel(phi), static)
+    if rest or hidden < 1 or np.ndim(phi) != 1:
+        raise ValueError(f"phi has shape {np.shape(phi)}; a MetaMLP 1 -> h -> 1 has 3h + 1 "
+                         "parameters in a flat vector.")
+    template, network = meta_network(MetaMLP(key=jax.random.key(0), hidden=hidden))
+    meta = network(jnp.asarray(phi, template.dtype))
     apply = eqx.filter_jit(lambda meta, losses: meta(losses))
-    return lambda losses: np.asarray(apply(meta, jnp.asarray(losses, flat.dtype)))
+    return lambda losses: np.asarray(apply(meta, jnp.asarray(losses, template.dtype)))
 
 
 def weighting_curve(runs: Sequence[OuterResult], losses, *, window: int = -1) -> Curve:

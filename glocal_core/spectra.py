@@ -34,53 +34,10 @@ def window_spectra(result: OuterResult) -> WindowSpectra:
     if result.trajectories is None:
         raise ValueError("window_spectra needs a run with keep_trajectories=True.")
     c = result.config
-    fit = refit(result.trajectories, c.sigma, c.m, delta=c.delta, rtol=c.rtol)
+    fit = refit(result.trajectories, c.sigma, c.m, delta=c.dmd.delta, rtol=c.dmd.rtol)
     gap = np.array([np.min(np.abs(s.fit.eigenvalues - 1.0), initial=np.inf)
                     for s in fit.states])
     return WindowSpectra(fit.spectral_radius, gap, fit.fallback)
-
-
-class ErrorTerms(NamedTuple):
-    """The two terms of the proof of Theorem 3.1, measured per window (Eq. 15–17).
-
-    **Fields** (`(S,)` each): `horizon` (T − sτ); `total` `‖h_T − ĥ∞‖`; `forecast`
-    `‖h_T − ĥ_T‖`, the error of the DMD forecast with all modes (Eq. 16); `dropped`
-    `‖ĥ_T − ĥ∞‖`, the modes with λ ≉ 1 at the horizon that Eq. 14 leaves out (Eq. 17);
-    `target_norm` `‖h_T‖`; `fallback` (there `ĥ∞ = h_τ` and the split does not apply).
-    """
-
-    horizon: np.ndarray
-    total: np.ndarray
-    forecast: np.ndarray
-    dropped: np.ndarray
-    target_norm: np.ndarray
-    fallback: np.ndarray
-
-
-def error_terms(result: OuterResult, *, delta: float | None = None) -> ErrorTerms:
-    """Split `‖h_T − ĥ∞‖ ≤ ‖h_T − ĥ_T‖ + ‖ĥ_T − ĥ∞‖` per window of a `global` run with kept
-    trajectories, re-fitting the DMD with the run's σ and m (and its δ unless given).
-
-    `ĥ_T = forecast(fit, T − sτ)` extrapolates every mode to step T, so where the spectral
-    radius exceeds 1 the forecast term grows geometrically with the horizon: this is why the
-    theorem assumes a spectral radius of 1.
-    """
-    if result.config.strategy != "global" or result.trajectories is None:
-        raise ValueError("error_terms needs a `global` run with keep_trajectories=True.")
-    fit = refit(result.trajectories, result.config.sigma, result.config.m,
-                delta=delta if delta is not None else result.config.delta,
-                rtol=result.config.rtol)
-    target = np.asarray(result.hypergradient, dtype=np.float64)
-    horizon = result.config.total_steps - np.asarray(result.step)
-    ahead = np.array([forecast(s.fit, int(n)) for s, n in zip(fit.states, horizon)])
-    return ErrorTerms(
-        horizon=horizon,
-        total=np.linalg.norm(target - fit.value, axis=1),
-        forecast=np.linalg.norm(target - ahead, axis=1),
-        dropped=np.linalg.norm(ahead - fit.value, axis=1),
-        target_norm=np.linalg.norm(target, axis=1),
-        fallback=fit.fallback,
-    )
 
 
 class SpectraRow(NamedTuple):
@@ -108,10 +65,12 @@ def spectra_row(results: Sequence[OuterResult]) -> SpectraRow:
                       float(np.mean(radius > 1)))
 
 
-class PooledTerms(NamedTuple):
-    """`error_terms` of several runs pooled, relative to `‖h_T‖`, over the windows with a
-    horizon > 0. **Fields:** `horizon`, `total`, `forecast`, `dropped` (per window),
-    `fallback`."""
+class ErrorTerms(NamedTuple):
+    """The two terms of the proof of Theorem 3.1, per window, relative to `‖h_T‖`
+    (Eq. 15–17): `horizon` (T − sτ); `total` `‖h_T − ĥ∞‖`; `forecast` `‖h_T − ĥ_T‖`, the
+    error of the DMD forecast with all modes (Eq. 16); `dropped` `‖ĥ_T − ĥ∞‖`, the modes
+    with λ ≉ 1 at the horizon that Eq. 14 leaves out (Eq. 17); `fallback` (there
+    `ĥ∞ = h_τ` and the split does not apply)."""
 
     horizon: np.ndarray
     total: np.ndarray
@@ -120,15 +79,34 @@ class PooledTerms(NamedTuple):
     fallback: np.ndarray
 
 
-def pooled_terms(results: Sequence[OuterResult]) -> PooledTerms:
-    """`error_terms` of `global` runs with kept trajectories, pooled and made relative."""
+def error_terms(result: OuterResult, *, delta: float | None = None) -> ErrorTerms:
+    """Split `‖h_T − ĥ∞‖ ≤ ‖h_T − ĥ_T‖ + ‖ĥ_T − ĥ∞‖` per window of a `global` run with kept
+    trajectories, re-fitting the DMD with the run's σ and m (and its δ unless given).
+
+    `ĥ_T = forecast(fit, T − sτ)` extrapolates every mode to step T, so where the spectral
+    radius exceeds 1 the forecast term grows geometrically with the horizon: this is why the
+    theorem assumes a spectral radius of 1.
+    """
+    if result.config.strategy != "global" or result.trajectories is None:
+        raise ValueError("error_terms needs a `global` run with keep_trajectories=True.")
+    c = result.config
+    fit = refit(result.trajectories, c.sigma, c.m,
+                delta=delta if delta is not None else c.dmd.delta, rtol=c.dmd.rtol)
+    target = np.asarray(result.hypergradient, dtype=np.float64)
+    horizon = c.total_steps - np.asarray(result.step)
+    ahead = np.array([forecast(s.fit, int(n)) for s, n in zip(fit.states, horizon)])
+    norm = np.linalg.norm(target, axis=1)
+    return ErrorTerms(horizon, np.linalg.norm(target - fit.value, axis=1) / norm,
+                      np.linalg.norm(target - ahead, axis=1) / norm,
+                      np.linalg.norm(ahead - fit.value, axis=1) / norm, fit.fallback)
+
+
+def pooled_terms(results: Sequence[OuterResult]) -> ErrorTerms:
+    """`error_terms` of `global` runs with kept trajectories, pooled over their windows
+    with a horizon > 0."""
     terms = [error_terms(r) for r in results]
-    joined = {f: np.concatenate([getattr(t, f) for t in terms]) for f in ErrorTerms._fields}
-    use = joined["horizon"] > 0
-    norm = joined["target_norm"][use]
-    return PooledTerms(joined["horizon"][use], joined["total"][use] / norm,
-                       joined["forecast"][use] / norm, joined["dropped"][use] / norm,
-                       joined["fallback"][use])
+    joined = ErrorTerms(*(np.concatenate(parts) for parts in zip(*terms)))
+    return ErrorTerms(*(v[joined.horizon > 0] for v in joined))
 
 
 # --- DMD configurations (Figure 4, right) ---------------------------------------------------

@@ -23,6 +23,7 @@ from .results import (
     dataset_title,
     describe_data,
     final,
+    provenance,
 )
 
 
@@ -83,7 +84,7 @@ def estimator_usage(runs: Sequence[OuterResult]) -> str:
     kinds: dict[str, int] = {}
     for kind in (k for r in runs for k in r.fallback_reason if k):
         kinds[kind] = kinds.get(kind, 0) + 1
-    return (f"{runs[0].config.estimator}: its estimate in {windows - fell} of {windows} windows "
+    return (f"{runs[0].config.dmd.method}: its estimate in {windows - fell} of {windows} windows "
             f"({(windows - fell) / max(windows, 1):.0%}) over {len(runs)} run(s); fell back in "
             f"{fell}: {kinds or 'no fallbacks'}")
 
@@ -136,6 +137,22 @@ def summary_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *
     columns = ("data", "strategy", "finished", "final test accuracy", "final hyperparameters",
                "estimator fallbacks / windows", "seconds per run")
     return Table(columns, tuple(rows), caption)
+
+
+def runs_table(exp: Experiment, results: Mapping[str, OuterResult]) -> Table:
+    """One row per run of `exp` in `results` (what `reproduce` prints): windows, final test
+    accuracy and hyperparameters (`results.final` of the run alone), estimator fallbacks,
+    seconds, and why it stopped early if it did."""
+    rows = []
+    for label, r in ((s.label, results[s.label]) for s in exp.runs if s.label in results):
+        f = final([r])
+        values = ("" if not r.names or r.names[0].startswith("meta_") else ", ".join(
+            f"{n} {v:.4g}" for n, v in zip(r.names, f.hyperparameters)))
+        dmd = f"{f.fallbacks}/{f.windows}" if r.config.strategy in ("glocal", "global") else ""
+        rows.append((label, str(f.windows), mean_std(f.accuracy_mean, 0.0, f.finished, 4),
+                     values, dmd, f"{f.seconds:.1f}", r.stopped))
+    return Table(("run", "windows", "final test accuracy", "final hyperparameters",
+                  "fallbacks", "seconds", "stopped"), tuple(rows), provenance(exp))
 
 
 def table2(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *,

@@ -1,34 +1,24 @@
 """Sliders for τ, σ and m of the glocal estimate on one recorded hypergradient trajectory.
 
-Given `H`, the hypergradients `h_1, ..., h_T` of one window with φ held fixed, a choice of
+On the hypergradients `H = h_1, ..., h_T` of one window with φ held fixed, a setting (τ, σ, m)
+fits a Hankel DMD with m delays (Eq. 10 on the observable `[h_t; ...; h_{t+m-1}]`) to the last
+σ hypergradients `h_{τ-σ+1}, ..., h_τ` of the local window (local hypergradient `h_τ`, Eq. 6),
+which gives a glocal estimate (Eq. 14) to compare with the global `h_T` (Eq. 5). `fit_point`
+computes every point; an invalid setting (σ > τ, m ≥ σ, ...) is not an error but a `GridPoint`
+whose `invalid` sentence both front ends show instead of a figure.
 
-- τ: the local window ends at step τ (the local hypergradient is `h_τ`, Eq. 6),
-- σ: the Hankel DMD reads its last σ hypergradients `h_{τ-σ+1}, ..., h_τ`,
-- m: with m delays (Eq. 10 on the observable `[h_t; ...; h_{t+m-1}]`),
+`explorer` shows either `live_explorer`, ipywidgets that re-fit on every move (needs a kernel),
+or, when the environment variable `STATIC_ENV` (`GLOCAL_STATIC_WIDGETS`) is `"1"`, as the book
+build sets it, `static_explorer_html`: range sliders over a grid precomputed by `explorer_grid`,
+drawn as SVG by the package's `explorer.js`. That page needs no kernel and loads no URL, so the
+built book works offline, and it holds no ipywidgets state, so Jupyter Book adds no widget
+manager (which it would load from a CDN).
 
-gives a glocal estimate (Eq. 14) to compare with the global hypergradient `h_T` (Eq. 5).
-Two front ends show it; both compute every point with `fit_point`:
-
-- `live_explorer`: ipywidgets sliders that re-fit the DMD on every move and redraw with the
-  helpers of `glocal_core.plotting`. Needs a kernel (Jupyter, Colab).
-- `static_explorer_html` (in `_static_explorer`, re-exported here): the same three sliders as
-  HTML `<input type="range">` over a grid precomputed by `explorer_grid`, drawn as SVG by the
-  package's `explorer.js` from embedded JSON.
-  It needs no kernel, no ipywidgets and no external URL, so it works in the built book,
-  offline.
-
-`explorer` picks one: the static page when the environment variable named by `STATIC_ENV`
-(`GLOCAL_STATIC_WIDGETS`) is `"1"`, as the book build sets it, and the live widget otherwise.
-A static book therefore holds no ipywidgets state, and Jupyter Book adds no widget manager,
-which it would load from a CDN.
-
-Invalid combinations (σ > τ, m ≥ σ, ...) are not errors here: they become a `GridPoint` whose
-`invalid` says why, and both front ends show that sentence instead of a figure.
-
-This module imports matplotlib (through `glocal_core.plotting`); ipywidgets is imported only
-when a live explorer is built. `import glocal_core` imports neither.
+This module imports matplotlib (through `glocal_core.plotting`); ipywidgets only when a live
+explorer is built. `import glocal_core` imports neither.
 """
 
+import inspect
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -38,27 +28,19 @@ import numpy as np
 from ._dmd import SteadyState, estimate_steady_state
 from ._estimators import DMD_DEFAULTS
 from ._static_explorer import describe, grid_json, static_explorer_html  # noqa: F401
-from .plotting import (
-    plot_eigenvalues,
-    plot_hypergradients,
-    plot_mode_decay,
-)
+from .plotting import plot_eigenvalues, plot_hypergradients, plot_mode_decay
 
 STATIC_ENV = "GLOCAL_STATIC_WIDGETS"
 
 
 class GridPoint(NamedTuple):
-    """One (τ, σ, m) of an explorer.
+    """One setting (τ, σ, m) of an explorer, fitted or explained.
 
-    **Fields:**
-
-    - `tau`, `sigma`, `m`: the setting.
-    - `invalid`: why the setting cannot be fitted, as a sentence for the reader; `""` when
-        it was fitted.
-    - `state`: the `SteadyState` of `estimate_steady_state(H[:tau], sigma, m)`, or `None`
-        when invalid. Its `fallback` and `reason` say whether the estimate is the local one.
-    - `error_glocal`, `error_local`: `‖ĥ - h_T‖ / ‖h_T‖` for the glocal estimate and the
-        local hypergradient `h_τ` (NaN when invalid).
+    `invalid` says why the setting cannot be fitted, as a sentence for the reader; then `state`
+    is `None` and both errors are NaN. Otherwise `invalid` is `""`, `state` is the `SteadyState`
+    of `estimate_steady_state(H[:tau], sigma, m)` (its `fallback` and `reason` say whether the
+    estimate is the local one), and the errors are `‖ĥ − h_T‖ / ‖h_T‖` of the glocal estimate
+    and of the local hypergradient `h_τ`.
     """
 
     tau: int
@@ -71,20 +53,11 @@ class GridPoint(NamedTuple):
 
 
 class ExplorerGrid(NamedTuple):
-    """`GridPoint`s for every combination of the slider values, and what they compare with.
-
-    **Fields:**
-
-    - `taus`, `sigmas`, `ms`: the slider values, increasing.
-    - `points`: `points[(tau, sigma, m)]` for every combination.
-    - `target`: the global hypergradient `h_T`, `(q,)`.
-    - `horizon`: T, the length of the trajectory; modes are shown over the `T - τ` steps
-        from the end of the window to T.
-    - `names`: the hyperparameters' names.
-    - `delta`: the tolerance of Eq. (14) used for every point.
-    - `component`: the index of the hyperparameter whose modes are shown.
-    - `initial`: the (τ, σ, m) the sliders start at.
-    - `title`: the figure title, naming data and profile.
+    """`points[(tau, sigma, m)]` for every combination of the increasing slider values `taus`,
+    `sigmas` and `ms`, and what they are compared with: `target` is the global hypergradient
+    `h_T`, `(q,)`; `horizon` is T, so the modes of hyperparameter `component` are shown over
+    the `T − τ` steps from the end of the window to T. `delta` is the tolerance of Eq. (14) of
+    every point, `initial` the (τ, σ, m) the sliders start at, `title` names data and profile.
     """
 
     taus: tuple[int, ...]
@@ -121,20 +94,16 @@ def _relative_error(value: np.ndarray, target: np.ndarray) -> float:
     return float(np.linalg.norm(value - target) / np.linalg.norm(target))
 
 
-def fit_point(H, target, tau: int, sigma: int, m: int, *, delta: float = DMD_DEFAULTS.delta) -> GridPoint:
-    """The glocal estimate from `H[tau-sigma:tau]` with `m` delays, against `target`.
+def fit_point(
+    H, target, tau: int, sigma: int, m: int, *, delta: float = DMD_DEFAULTS.delta
+) -> GridPoint:
+    """The glocal estimate (Eq. 14) from `H[tau-sigma:tau]` with `m` delays, against `target`.
 
-    **Arguments:**
+    `H` is the `(T, q)` trajectory `h_1, ..., h_T` of one window with φ fixed, `target` usually
+    `H[-1]`, and `delta` the tolerance of `estimate_steady_state`.
 
-    - `H`: the `(T, q)` trajectory `h_1, ..., h_T` of one window with φ fixed.
-    - `target`: the global hypergradient to compare with, usually `H[-1]`.
-    - `tau`, `sigma`, `m`: the setting; an invalid one gives a `GridPoint` with `invalid` set.
-    - `delta`: the tolerance of `estimate_steady_state`.
-
-    **Returns:**
-
-    A `GridPoint`. It never raises for a bad setting or a non-finite window: the library's
-    `ValueError` becomes the `invalid` sentence.
+    **Returns:** a `GridPoint`. It never raises for a bad setting or a non-finite window: the
+    sentence of `check_setting` or of the library's `ValueError` becomes its `invalid`.
     """
     H, target = np.asarray(H, dtype=np.float64), np.asarray(target, dtype=np.float64)
     invalid = check_setting(tau, sigma, m, len(H))
@@ -149,8 +118,18 @@ def fit_point(H, target, tau: int, sigma: int, m: int, *, delta: float = DMD_DEF
                      _relative_error(state.local, target))
 
 
-def _slider_values(H, target, taus, sigmas, ms, names, initial, component):
-    """Checked arrays, sorted slider values and initial setting shared by both front ends."""
+def _frame(H, target=None, **settings) -> tuple[np.ndarray, ExplorerGrid]:
+    """`H` as floats, and `explorer_grid(H, target, **settings)` without its points: the
+    checked settings, which are all that `plot_point` and `live_explorer` read. Binding to
+    `explorer_grid`'s signature gives every front end one set of keywords and defaults.
+    """
+    signature = inspect.signature(explorer_grid)
+    # `bind_partial` first: like a call, it names an unknown keyword before a missing one.
+    signature.bind_partial(H, target, **settings)
+    arguments = signature.bind(H, target, **settings)
+    arguments.apply_defaults()
+    H, target, taus, sigmas, ms, names, initial, delta, component, title = (
+        arguments.arguments.values())
     H = np.asarray(H, dtype=np.float64)
     if H.ndim != 2:
         raise ValueError(f"`H` must be a (T, q) trajectory, got shape {H.shape}.")
@@ -169,7 +148,8 @@ def _slider_values(H, target, taus, sigmas, ms, names, initial, component):
         raise ValueError(f"{len(names)} names for q={H.shape[1]} hyperparameters.")
     if not 0 <= component < H.shape[1]:
         raise ValueError(f"component={component} must index one of the q={H.shape[1]} columns.")
-    return H, target, axes, initial
+    return H, ExplorerGrid(*axes, {}, target, len(H), tuple(names), float(delta),
+                           int(component), initial, title)
 
 
 def explorer_grid(
@@ -191,37 +171,29 @@ def explorer_grid(
 
     - `H`: the `(T, q)` trajectory.
     - `target`: the global hypergradient; `H[-1]` (that is, `h_T`) if omitted.
-    - `taus`, `sigmas`, `ms`: the slider values.
+    - `taus`, `sigmas`, `ms`: the slider values, in any order; duplicates are dropped.
     - `names`: the `q` hyperparameters' names.
-    - `initial`: where the sliders start; the middle values if omitted. Each entry must be
-        one of the slider values.
+    - `initial`: where the sliders start, each entry one of the slider values; the middle
+        values if omitted.
     - `delta`: the tolerance of Eq. (14).
     - `component`: the hyperparameter whose modes are drawn (the paper: the learning rate).
     - `title`: a title naming the data and the profile.
 
-    **Returns:**
-
-    An `ExplorerGrid`.
+    **Returns:** an `ExplorerGrid`. A malformed `H`, an empty list of slider values or an
+    `initial`, `names` or `component` that does not fit raises `ValueError`.
     """
-    H, target, axes, initial = _slider_values(H, target, taus, sigmas, ms, names, initial,
-                                              component)
-    points = {
-        (tau, sigma, m): fit_point(H, target, tau, sigma, m, delta=delta)
-        for tau in axes[0] for sigma in axes[1] for m in axes[2]
-    }
-    return ExplorerGrid(*axes, points, target, len(H), tuple(names), float(delta),
-                        int(component), initial, title)
+    H, frame = _frame(H, target, taus=taus, sigmas=sigmas, ms=ms, names=names, initial=initial,
+                      delta=delta, component=component, title=title)
+    return frame._replace(points={
+        (tau, sigma, m): fit_point(H, frame.target, tau, sigma, m, delta=frame.delta)
+        for tau in frame.taus for sigma in frame.sigmas for m in frame.ms
+    })
 
 
 def plot_point(point: GridPoint, grid_like: ExplorerGrid, axes) -> None:
-    """Draw one setting on three axes: eigenvalues, mode decay and the three hypergradients.
-
-    **Arguments:**
-
-    - `point`: a fitted (valid) `GridPoint`.
-    - `grid_like`: an `ExplorerGrid` for `target`, `horizon`, `names`, `delta`, `component`
-        (its `points` are not read).
-    - `axes`: three matplotlib axes.
+    """Draw a fitted `GridPoint` on three matplotlib axes: its eigenvalues, the decay of its
+    modes until T and the local, glocal and global hypergradients. Of `grid_like` only the
+    metadata is read, not its `points`.
     """
     state, g = point.state, grid_like
     ax_eig, ax_modes, ax_bars = axes
@@ -240,52 +212,38 @@ def plot_point(point: GridPoint, grid_like: ExplorerGrid, axes) -> None:
                       f"local {point.error_local:.3g}")
 
 
-def live_explorer(
-    H,
-    target=None,
-    *,
-    taus: Sequence[int],
-    sigmas: Sequence[int],
-    ms: Sequence[int],
-    names: Sequence[str],
-    initial: tuple[int, int, int] | None = None,
-    delta: float = DMD_DEFAULTS.delta,
-    component: int = 0,
-    title: str = "",
-):
-    """An ipywidgets explorer: integer sliders spanning `taus`, `sigmas` and `ms` re-fit the
-    DMD at every release and redraw. Arguments as in `explorer_grid`; returns a widget.
+def live_explorer(H, target=None, **settings):
+    """An ipywidgets explorer: integer sliders from the smallest to the largest of `taus`,
+    `sigmas` and `ms` re-fit the DMD at every release and redraw. Keyword arguments as in
+    `explorer_grid`; returns a widget.
     """
+    # The settings are checked first, so that a mistake is reported even without ipywidgets.
+    H, frame = _frame(H, target, **settings)
     import ipywidgets
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    H, target, axes, initial = _slider_values(H, target, taus, sigmas, ms, names, initial,
-                                              component)
-    # `plot_point` reads only the grid's metadata, so a grid without points serves.
-    frame = ExplorerGrid(*axes, {}, target, len(H), tuple(names), float(delta), int(component),
-                         initial, title)
     sliders = {
         name: ipywidgets.IntSlider(value=value, min=min(values), max=max(values),
                                    description=label, continuous_update=False)
         for name, label, value, values in zip(("tau", "sigma", "m"), ("τ", "σ", "m"),
-                                               initial, axes)
+                                               frame.initial, (frame.taus, frame.sigmas, frame.ms))
     }
 
     def show(tau, sigma, m):
-        point = fit_point(H, target, tau, sigma, m, delta=delta)
+        point = fit_point(H, frame.target, tau, sigma, m, delta=frame.delta)
         if point.invalid:
             print(point.invalid)
             return
         fig, panels = plt.subplots(1, 3, figsize=(13, 4))
         plot_point(point, frame, panels)
-        fig.suptitle(f"{title}: τ = {tau}, σ = {sigma}, m = {m}" if title
-                     else f"τ = {tau}, σ = {sigma}, m = {m}")
+        setting = f"τ = {tau}, σ = {sigma}, m = {m}"
+        fig.suptitle(f"{frame.title}: {setting}" if frame.title else setting)
         fig.tight_layout()
         # display + close rather than plt.show(): the same under every matplotlib backend.
         display(fig)
         plt.close(fig)
-        print(describe(point, delta))
+        print(describe(point, frame.delta))
 
     output = ipywidgets.interactive_output(show, sliders)
     return ipywidgets.VBox([ipywidgets.HBox(list(sliders.values())), output])
@@ -296,38 +254,18 @@ def static_mode() -> bool:
     return os.environ.get(STATIC_ENV, "") == "1"
 
 
-def explorer(
-    H,
-    target=None,
-    *,
-    taus: Sequence[int],
-    sigmas: Sequence[int],
-    ms: Sequence[int],
-    names: Sequence[str],
-    initial: tuple[int, int, int] | None = None,
-    delta: float = DMD_DEFAULTS.delta,
-    component: int = 0,
-    title: str = "",
-    static: bool | None = None,
-):
+def explorer(H, target=None, *, static: bool | None = None, **settings):
     """The τ/σ/m explorer for a notebook: live ipywidgets, or the static page in the book.
 
-    **Arguments:**
+    **Arguments:** `H`, `target` and keyword arguments as in `explorer_grid`; `static` forces
+    one front end, by default `static_mode()`.
 
-    - as in `explorer_grid`;
-    - `static`: force one front end; by default `static_mode()`, i.e. the environment
-        variable `GLOCAL_STATIC_WIDGETS=1` selects the static page.
-
-    **Returns:**
-
-    An object that Jupyter displays: an `IPython.display.HTML` (static) or an ipywidgets
-    widget (live). In the live widget the sliders take every integer between the smallest
-    and the largest of the given values; the static page has exactly the given values.
+    **Returns:** an object that Jupyter displays: an `IPython.display.HTML` (static) or an
+    ipywidgets widget (live). In the live widget the sliders take every integer between the
+    smallest and the largest of the given values; the static page has exactly the given values.
     """
-    kwargs = dict(taus=taus, sigmas=sigmas, ms=ms, names=names, initial=initial, delta=delta,
-                  component=component, title=title)
-    if static if static is not None else static_mode():
+    if static_mode() if static is None else static:
         from IPython.display import HTML
 
-        return HTML(static_explorer_html(explorer_grid(H, target, **kwargs)))
-    return live_explorer(H, target, **kwargs)
+        return HTML(static_explorer_html(explorer_grid(H, target, **settings)))
+    return live_explorer(H, target, **settings)

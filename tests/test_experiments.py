@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
+from glocal_core import _configs
 from glocal_core import experiments as ex
 from glocal_core.__main__ import main
 
@@ -214,7 +215,7 @@ def test_fidelity_cli_scores_every_estimator(tmp_path, monkeypatch, capsys):
                                        reset_tangents=reset, total_steps=16, sigma=4, m=2),
                                  experiment="fidelity")
              for reset in (True, False)]
-    monkeypatch.setattr(ex, "_fidelity", lambda profile: specs)
+    monkeypatch.setattr(_configs, "_fidelity", lambda profile: specs)
     assert main(["fidelity", "--profile", "smoke", "--cache-dir", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["default"] == gc.DEFAULT_METHOD

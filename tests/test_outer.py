@@ -45,7 +45,7 @@ def test_glocal_with_window_as_long_as_training_matches_global():
     problem = _weight_decay_problem(0.2, at_equilibrium=False)
     runs = {
         s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=300, tau=300, sigma=200, m=5,
-                                                estimator="paper"),
+                                                dmd=gc.DMDSettings(method="paper")),
                         key=jax.random.key(1), progress=False)
         for s in ("global", "glocal")
     }
@@ -68,7 +68,7 @@ def test_glocal_predicts_global_better_than_local(estimator):
         problem = _weight_decay_problem(0.3, at_equilibrium=False, lr=0.03, momentum=0.0)
         runs = {
             s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=1000, tau=50, sigma=40, m=6,
-                                                    estimator=estimator),
+                                                    dmd=gc.DMDSettings(method=estimator)),
                             key=jax.random.key(2), progress=False)
             for s in ("local", "global", "glocal")
         }
@@ -126,7 +126,7 @@ def test_divergence_stops_cleanly_with_reason():
         (dict(m=0), "m"),
         (dict(mode="sideways"), "mode"),
         (dict(strategy="global", mode="reverse"), "reverse"),
-        (dict(estimator="median"), "estimator"),
+        (dict(dmd=gc.DMDSettings(method="median")), "dmd.method"),
     ],
 )
 def test_bad_config_is_explained(kwargs, match):
@@ -243,7 +243,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
 def test_glocal_steps_with_its_estimator(estimator):
     problem = _weight_decay_problem(0.2, at_equilibrium=False)
     config = gc.OuterConfig("glocal", total_steps=120, tau=40, sigma=30, m=4,
-                            estimator=estimator, keep_trajectories=True)
+                            dmd=gc.DMDSettings(method=estimator), keep_trajectories=True)
     result = gc.run_outer(problem, config, key=jax.random.key(3), progress=False)
     for s, H in enumerate(result.trajectories):
         expected = gc.steady_state(H, 30, 4, method=estimator)

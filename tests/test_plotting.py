@@ -1,13 +1,16 @@
-"""The book's figure layout: panels at most two per row at the book's width, one legend."""
+"""The book's figure layout (panels at most two per row at the book's width, one legend) and
+the DMD plots' highlighting of the modes that Eq. 14 keeps."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-import glocal_core.plotting as gplt  # noqa: E402
+import glocal_core as gc
+import glocal_core.plotting as gplt
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +63,18 @@ def test_house_style_sizes_figures_for_the_book():
         assert fig.dpi == 100
         assert fig.get_size_inches()[0] * fig.dpi <= 805  # the article column, in px
         assert all(t.get_fontsize() >= 10 for ax in axes for t in ax.get_xticklabels())
+
+
+def test_highlighted_eigenvalues_and_modes_are_those_that_eq14_keeps():
+    t = np.arange(30.0)
+    H = np.stack([1 + 0.5**t, 2 - 0.9**t], axis=1)  # eigenvalues 1 (kept), 0.9 and 0.5
+    state = gc.estimate_steady_state(H, sigma=30, m=4, delta=0.05)
+    assert 0 < state.kept.sum() < state.kept.size
+    _, (left, right) = plt.subplots(1, 2)
+    gplt.plot_eigenvalues(left, state.fit, delta=0.05)
+    (kept,) = (line for line in left.get_lines() if line.get_label().startswith("near 1"))
+    np.testing.assert_array_equal(kept.get_xdata(), state.fit.eigenvalues[state.kept].real)
+    gplt.plot_mode_decay(right, state.fit, np.arange(10), delta=0.05)
+    glocal = [line for line in right.get_lines() if len(line.get_xdata())
+              and line.get_color() == gplt.STRATEGY_COLORS["glocal"]]
+    assert len(glocal) == state.kept.sum()

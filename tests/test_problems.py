@@ -228,6 +228,11 @@ def test_reweighting_phi_is_the_meta_network():
     _assert_trees_equal(problem.init(jax.random.key(0)), problem.init(jax.random.key(0)))
     small, *_ = _reweighting(hidden=4)
     assert small.phi0.shape == (3 * 4 + 1,)
+    phi, network = gc.meta_network(meta)
+    np.testing.assert_array_equal(phi, problem.phi0)
+    losses = jnp.linspace(0.0, 3.0, 7)
+    np.testing.assert_array_equal(network(phi)(losses), meta(losses))
+    assert not np.allclose(network(jnp.zeros_like(phi))(losses), meta(losses))  # φ is used
 
 
 def test_reweighting_step_is_sgd_on_the_weighted_loss():

@@ -117,7 +117,7 @@ def test_refit_quality_matches_recorded_quality_of_a_real_global_run():
         problem = gc.quadratic_problem(np.array([2.0, 1.0]), np.array([2.0, 1.0]) / 1.5,
                                        gc.sgd(0.03, 0.0, 0.3, learn=("weight_decay",)))
         config = gc.OuterConfig("global", total_steps=400, tau=50, sigma=40, m=6,
-                                keep_trajectories=True, estimator="paper")
+                                keep_trajectories=True, dmd=gc.DMDSettings(method="paper"))
         result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
     recorded = gq.estimate_quality(result)
     refitted = gq.estimate_quality(result, sigma=40, m=6)
@@ -129,9 +129,12 @@ def test_refit_quality_matches_recorded_quality_of_a_real_global_run():
     assert summary.median_error_glocal < summary.median_error_local
 
     terms = gs.error_terms(result)
-    np.testing.assert_allclose(terms.total, recorded.error_glocal * terms.target_norm,
-                               rtol=1e-8)
+    np.testing.assert_allclose(terms.total, recorded.error_glocal, rtol=1e-8)
     assert np.all(terms.total <= terms.forecast + terms.dropped + 1e-12)
+    pooled_terms = gs.pooled_terms([result, result])
+    assert len(pooled_terms.total) == 2 * (len(result.step) - 1)  # the last window: horizon 0
+    np.testing.assert_array_equal(pooled_terms.forecast[: len(result.step) - 1],
+                                  terms.forecast[:-1])
     spectra = gs.window_spectra(result)
     np.testing.assert_allclose(spectra.spectral_radius, result.spectral_radius)
     np.testing.assert_array_equal(spectra.gap <= 1e-2, result.num_kept > 0)

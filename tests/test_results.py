@@ -228,7 +228,10 @@ def test_hypergradient_errors_measure_local_and_glocal_against_global():
     np.testing.assert_allclose(errors["local"].mean, [0.0, 1.0, 1.0])
     np.testing.assert_allclose(errors["glocal"].mean, [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(errors["glocal"].std, 0.0)
-    with pytest.raises(ValueError, match="global strategy"):
+    pooled = gq.window_errors([run, run])
+    np.testing.assert_allclose(pooled.error_local, [0.0, 1.0, 1.0] * 2)
+    np.testing.assert_array_equal(pooled.step, [10, 20, 30] * 2)
+    with pytest.raises(ValueError, match="`global` run"):
         gq.hypergradient_errors([_result([[0.1, 0.01]] * 4, [0.5] * 4)])
 
 
@@ -276,5 +279,5 @@ def test_estimator_usage_counts_the_windows_that_used_the_estimate():
             for r in (_result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[1, 0, 1, 0]),
                       _result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[0, 0, 0, 1]))]
     text = gt.estimator_usage(runs)
-    assert text.startswith(f"{runs[0].config.estimator}: its estimate in 5 of 8 windows (62%)")
+    assert text.startswith(f"{runs[0].config.dmd.method}: its estimate in 5 of 8 windows (62%)")
     assert "fell back in 3: {'no eigenvalue near 1': 3}" in text

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from glocal_core import _shard
+from glocal_core import _configs, _shard
 from glocal_core import experiments as ex
 from glocal_core.__main__ import main
 
@@ -16,10 +16,11 @@ pytest.importorskip("tensorflow_datasets")
 _PATCH = textwrap.dedent("""
     import dataclasses, sys
     import glocal_core as gc
+    from glocal_core import _configs
     from glocal_core import experiments as ex
     from glocal_core.__main__ import main
 
-    fig2 = ex._fig2
+    fig2 = _configs._fig2
 
     def tiny(profile):
         spec = fig2("smoke")[0]
@@ -27,14 +28,14 @@ _PATCH = textwrap.dedent("""
         return [dataclasses.replace(spec, data=ex.DataSpec("digits", (28, 28, 1)),
                                     outer=outer, seed=seed) for seed in range(4)]
 
-    ex._fig2 = tiny
+    _configs._fig2 = tiny
     sys.exit(main(sys.argv[1:]))
 """)
 
 
 def _tiny_runs():
     namespace = {}
-    exec(_PATCH.split("ex._fig2 = tiny")[0], namespace)
+    exec(_PATCH.split("_configs._fig2 = tiny")[0], namespace)
     return namespace["tiny"]("smoke")
 
 
@@ -67,13 +68,14 @@ def test_two_shard_processes_then_a_collecting_call_that_computes_nothing(tmp_pa
     runs = _tiny_runs()
     for k, (out, _) in enumerate(outputs):  # each shard computed its own two runs only
         mine = {spec.label for spec in _shard.shard_runs(runs, k, 2)}
-        printed = {line.split()[0].removeprefix("run=") for line in out.splitlines()
-                   if line.startswith("run=")}
+        labels = {spec.label for spec in runs}  # the first column of the printed table
+        printed = {word for word in (line.split()[0] for line in out.splitlines() if line.strip())
+                   if word in labels}
         assert printed == mine
     files = sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert len(files) == 4 and not any(f.endswith(".ckpt") for f in files)
 
-    monkeypatch.setattr(ex, "_fig2", lambda profile: runs)
+    monkeypatch.setattr(_configs, "_fig2", lambda profile: runs)
     monkeypatch.setattr(ex, "run_outer", lambda *a, **k: pytest.fail("a run was recomputed"))
     results = ex.reproduce("fig2", "smoke", cache_dir=cache, progress=False)
     assert set(results) == {spec.label for spec in runs}

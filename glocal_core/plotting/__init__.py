@@ -20,6 +20,14 @@ read at 8 pt or more wherever the browser scales a figure to at least 80% (the b
 browser test checks that every figure is shown at that scale or larger).
 """
 
+from ._analysis import ESTIMATOR_COLORS as ESTIMATOR_COLORS
+from ._analysis import delta_sweep_figure as delta_sweep_figure
+from ._analysis import dmd_grid_figure as dmd_grid_figure
+from ._analysis import error_scatter_figure as error_scatter_figure
+from ._analysis import error_terms_figure as error_terms_figure
+from ._analysis import fidelity_figure as fidelity_figure
+from ._analysis import quality_figure as quality_figure
+from ._analysis import spectra_figure as spectra_figure
 from ._base import BOOK_WIDTH as BOOK_WIDTH
 from ._base import OTHER_MODES_COLOR as OTHER_MODES_COLOR
 from ._base import STRATEGY_COLORS as STRATEGY_COLORS
@@ -27,7 +35,6 @@ from ._base import STRATEGY_LINEWIDTHS as STRATEGY_LINEWIDTHS
 from ._base import UNIT_CIRCLE_COLOR as UNIT_CIRCLE_COLOR
 from ._base import caption as caption
 from ._base import log_axis as log_axis
-from ._base import near_one as near_one
 from ._base import panel_grid as panel_grid
 from ._base import plot_eigenvalues as plot_eigenvalues
 from ._base import plot_fallbacks as plot_fallbacks
@@ -35,27 +42,13 @@ from ._base import plot_hypergradients as plot_hypergradients
 from ._base import plot_mean_std as plot_mean_std
 from ._base import plot_mode_decay as plot_mode_decay
 from ._base import plot_runtime as plot_runtime
-from ._base import plot_stops as plot_stops
-from ._base import plot_transitions as plot_transitions
 from ._base import shared_legend as shared_legend
 from ._base import window_figure as window_figure
-from ._results import ESTIMATOR_COLORS as ESTIMATOR_COLORS
-from ._results import fidelity_figure as fidelity_figure
-from ._results import panel_caption as panel_caption
-from ._results import plot_dmd_grid as plot_dmd_grid
-from ._results import plot_error_scatter as plot_error_scatter
-from ._results import plot_fidelity as plot_fidelity
-from ._results import plot_quality as plot_quality
-from ._results import plot_runs as plot_runs
-from ._analysis import delta_sweep_figure as delta_sweep_figure
-from ._analysis import dmd_grid_figure as dmd_grid_figure
-from ._analysis import error_scatter_figure as error_scatter_figure
-from ._analysis import error_terms_figure as error_terms_figure
-from ._analysis import quality_figure as quality_figure
-from ._analysis import spectra_figure as spectra_figure
 from ._runs import class_share_figure as class_share_figure
 from ._runs import fallback_figure as fallback_figure
 from ._runs import hypergradient_error_figure as hypergradient_error_figure
+from ._runs import panel_caption as panel_caption
+from ._runs import plot_runs as plot_runs
 from ._runs import reweighting_curves_figure as reweighting_curves_figure
 from ._runs import runtime_figure as runtime_figure
 from ._runs import strategies_figure as strategies_figure

@@ -1,30 +1,53 @@
 """The figures of the analysis chapter (7): estimates against h_T per window, the DMD's
-spectra, Theorem 3.1 term by term, the δ sweep and the DMD grid. Each draws what
-`glocal_core.quality` and `glocal_core.spectra` computed.
+spectra, Theorem 3.1 term by term, the δ sweep, the DMD grid and the fidelity benchmark. Each
+draws what `glocal_core.quality`, `glocal_core.spectra` and `glocal_core.fidelity` computed.
 """
 
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from .. import results as gr
+from .. import tables as gt
+from ..experiments import Experiment
 from ..quality import EstimateQuality, QualitySummary
-from ..spectra import DMDGridRow, PooledTerms, SpectraRow
+from ..spectra import DMDGridRow, ErrorTerms, SpectraRow
 from ._base import OTHER_MODES_COLOR, STRATEGY_COLORS, panel_grid, shared_legend
-from ._results import plot_dmd_grid, plot_error_scatter, plot_quality
+
+# One colour per steady-state estimator (the fidelity benchmark), the strategies' where the
+# estimator is a strategy's.
+ESTIMATOR_COLORS = {"local": STRATEGY_COLORS["local"], "mean": "#1f77b4", "affine": "#17becf",
+                    "rre": "#bcbd22", "paper": STRATEGY_COLORS["glocal-paper"],
+                    "fbdmd": "#8c564b", "tlsdmd": "#e377c2"}
 
 
 def quality_figure(qualities: Mapping[str, EstimateQuality], profile: str, *,
                    subtitle: str) -> Figure:
     """Per run (`{title: quality}`): cosine similarity and relative error of local and
-    glocal against h_T, window by window."""
+    glocal against h_T, window by window, a cross where the DMD fell back (glocal = local).
+    The last window (horizon 0, where h_T = h_τ) is left out."""
     fig, axes = panel_grid(len(qualities), per=2, height=3.0)
     for (ax_cos, ax_err), (title, quality) in zip(axes, qualities.items()):
-        plot_quality(ax_cos, quality, metric="cosine")
-        plot_quality(ax_err, quality, metric="error")
-        ax_cos.set(title=f"{title}: direction")
-        ax_err.set(title=f"{title}: relative error")
+        use = quality.horizon > 0
+        x, fell = quality.step[use], quality.fallback[use]
+        for ax, metric in ((ax_cos, "cosine"), (ax_err, "error")):
+            glocal, local = (getattr(quality, f"{metric}_{s}")[use] for s in ("glocal", "local"))
+            ax.plot(x, glocal, "o-", ms=4, lw=1, color=STRATEGY_COLORS["glocal"], label="glocal")
+            # local dashed on top: it hides glocal where they are equal
+            ax.plot(x, local, "s--", ms=4, lw=1, color=STRATEGY_COLORS["local"], label="local")
+            if np.any(fell):
+                ax.plot(x[fell], glocal[fell], "x", ms=9, mew=2, color="k",
+                        label="DMD fell back (glocal = local)")
+            ax.set(xlabel=r"inner step $s\tau$ at the end of the window")
+        ax_cos.axhline(1, color=STRATEGY_COLORS["global"], lw=1, label="global (target)")
+        ax_cos.axhline(0, color="k", lw=0.5)
+        ax_cos.set(ylim=(-1.05, 1.1), ylabel=r"cosine similarity with $h_T$",
+                   title=f"{title}: direction")
+        ax_err.set_yscale("log")
+        ax_err.set(ylabel=r"$\|v - h_T\| / \|h_T\|$", title=f"{title}: relative error")
     fig.suptitle("Local and glocal against the global hypergradient of a playout, per outer "
                  f"step\n({subtitle}; profile {profile})")
     shared_legend(fig, axes)
@@ -32,11 +55,40 @@ def quality_figure(qualities: Mapping[str, EstimateQuality], profile: str, *,
 
 
 def error_scatter_figure(qualities: Mapping[str, EstimateQuality], profile: str) -> Figure:
-    """Glocal's error against local's, every window of every run."""
+    """The relative error of glocal against that of local, one point per window with a
+    horizon > 0, one marker per run (`{label: quality}`); below the diagonal the glocal
+    estimate was closer to h_T. Fallback windows lie on the diagonal and are drawn hollow."""
     fig, ax = plt.subplots(figsize=(6, 6))
-    plot_error_scatter(ax, qualities)
+    markers = "osD^v<>"
+    low, high = np.inf, -np.inf
+    for i, (label, q) in enumerate(qualities.items()):
+        use = q.horizon > 0
+        el, eg, fell = q.error_local[use], q.error_glocal[use], q.fallback[use]
+        for mask, fill in ((~fell, STRATEGY_COLORS["glocal"]), (fell, "none")):
+            ax.plot(el[mask], eg[mask], markers[i % len(markers)], ms=7, mfc=fill,
+                    color=STRATEGY_COLORS["glocal"], ls="none",
+                    label=f"{label}" + (" (fell back)" if fill == "none" else ""))
+        finite = np.concatenate([el, eg])
+        finite = finite[np.isfinite(finite) & (finite > 0)]
+        if finite.size:
+            low, high = min(low, finite.min()), max(high, finite.max())
+    if np.isfinite(low):
+        span = np.array([low / 1.5, high * 1.5])
+        ax.plot(span, span, color="0.5", lw=1, ls=":", label="equal error")
+        ax.fill_between(span, span / 1e6, span, color=STRATEGY_COLORS["glocal"], alpha=0.06)
+        ax.set(xlim=tuple(span), ylim=tuple(span))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_aspect("equal")
+    # labels at 1, 2 and 5 per decade: the errors often span less than one decade
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7, loc="upper left")
-    ax.set(title=f"Glocal against local error, every outer step\n(global runs of fig2; "
+    ax.set(xlabel=r"local: $\|h_\tau - h_T\| / \|h_T\|$",
+           ylabel=r"glocal: $\|\hat h_\infty - h_T\| / \|h_T\|$",
+           title=f"Glocal against local error, every outer step\n(global runs of fig2; "
                  f"profile {profile})")
     return fig
 
@@ -59,9 +111,10 @@ def spectra_figure(rows: Mapping[str, tuple[SpectraRow, str]], delta: float,
     return fig
 
 
-def error_terms_figure(terms: PooledTerms, profile: str) -> Figure:
-    """The terms of Theorem 3.1 against the horizon: forecast error (Eq. 16), dropped modes
-    (Eq. 17) and the glocal error, where the DMD acted; the glocal error where it fell back."""
+def error_terms_figure(terms: ErrorTerms, profile: str) -> Figure:
+    """The terms of Theorem 3.1 (`spectra.pooled_terms`) against the horizon: forecast error
+    (Eq. 16), dropped modes (Eq. 17) and the glocal error, where the DMD acted; the glocal
+    error where it fell back."""
     acts = ~terms.fallback
     fig, ax = plt.subplots()
     ax.plot(terms.horizon, terms.forecast, "^", color="0.45", mfc="none",
@@ -96,15 +149,64 @@ def delta_sweep_figure(deltas: Sequence[float], sweep: Sequence[QualitySummary],
     return fig
 
 
-def dmd_grid_figure(grid: Sequence[DMDGridRow], exp) -> Figure:
-    """Figure 4 (right): final validation loss and test accuracy per (σ, m)."""
-    fig, (ax_loss, ax_acc) = panel_grid(2, height=3.8)
-    plot_dmd_grid(ax_loss, grid, value="val_loss", cmap="viridis_r")
-    plot_dmd_grid(ax_acc, grid, value="test_accuracy")
-    ax_loss.set(title="validation loss after the last outer step")
-    ax_acc.set(title="final test accuracy")
+def dmd_grid_figure(grid: Sequence[DMDGridRow], exp: Experiment) -> Figure:
+    """Figure 4 (right): final validation loss and test accuracy per (σ, m) as σ × m heat
+    maps, annotated mean ± std; combinations not run (m ≥ σ) are blank."""
+    sigmas = sorted({row.sigma for row in grid})
+    ms = sorted({row.m for row in grid})
+    fig, axes = panel_grid(2, height=3.8)
+    for ax, value, cmap, title in (
+        (axes[0], "val_loss", "viridis_r", "validation loss after the last outer step"),
+        (axes[1], "test_accuracy", "viridis", "final test accuracy"),
+    ):
+        image = np.full((len(sigmas), len(ms)), np.nan)
+        for row in grid:
+            image[sigmas.index(row.sigma), ms.index(row.m)] = getattr(row, value)
+        shown = ax.imshow(image, cmap=cmap, aspect="auto", origin="lower")
+        fig.colorbar(shown, ax=ax, label=value.replace("_", " "))
+        for row in grid:
+            text = gt.mean_std(getattr(row, value), getattr(row, f"{value}_std"), row.finished)
+            # black text on light cells, white on dark (luma of the cell's colour)
+            red, green, blue, _ = shown.cmap(shown.norm(getattr(row, value)))
+            light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
+            ax.text(ms.index(row.m), sigmas.index(row.sigma), text.replace(" ± ", "\n± "),
+                    ha="center", va="center", fontsize=8, color="k" if light else "w")
+        ax.set_xticks(range(len(ms)), labels=[str(m) for m in ms])
+        ax.set_yticks(range(len(sigmas)), labels=[str(s) for s in sigmas])
+        ax.set(xlabel="delays $m$", ylabel=r"hypergradients $\sigma$ given to the DMD",
+               title=title)
     model = ", ".join(dict.fromkeys(s.model_title for s in exp.runs))
     fig.suptitle(f"Glocal with different DMD settings, {model} + SGD\n({gr.provenance(exp)})",
                  fontsize=10)
     return fig
 
+
+def fidelity_figure(exp: Experiment, rows: Sequence[Mapping]) -> Figure:
+    """The fidelity benchmark (`fidelity_rows`) as grouped bars, one group per recording and
+    one bar per estimator (hatched: local): the median relative error (dashed: what
+    predicting zero scores) and the share of windows closer to h_T than local (dotted: one
+    half)."""
+    rows = [r for r in rows if r["estimator"] != "zero"]
+    recordings = list(dict.fromkeys(r["recording"] for r in rows))
+    methods = [m for m in ESTIMATOR_COLORS if any(r["estimator"] == m for r in rows)]
+    x, width = np.arange(len(recordings)), 0.8 / len(methods)
+    fig, axes = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True, layout="constrained")
+    for ax, value in zip(axes, ("median error", "beats local")):
+        table = {(r["recording"], r["estimator"]): r[value] for r in rows}
+        for i, method in enumerate(methods):
+            ax.bar(x - 0.4 + width * (i + 0.5),
+                   [table.get((rec, method), np.nan) for rec in recordings], width,
+                   color=ESTIMATOR_COLORS[method], label=method,
+                   hatch="//" if method == "local" else None, edgecolor="white", lw=0.3)
+        ax.set_xticks(x, labels=[rec.replace(", ", "\n") for rec in recordings], fontsize=8)
+        ax.set(ylabel=value)
+    axes[0].axhline(1, color="k", ls="--", lw=1, label="zero (predict nothing)")
+    axes[1].axhline(0.5, color="0.5", ls=":", lw=1)
+    axes[0].set(title="Median relative error to the global hypergradient (lower is better)")
+    axes[1].set(title="Share of windows closer to $h_T$ than the local hypergradient "
+                      "(higher is better)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4,
+               fontsize=9)
+    fig.suptitle(f"Steady-state estimators against h_T, per recording\n({gr.provenance(exp)})",
+                 fontsize=9)
+    return fig

@@ -36,13 +36,8 @@ UNIT_CIRCLE_COLOR = "0.6"
 
 
 def caption(profile: str, data: str | None = None) -> str:
-    """The provenance that every figure title carries, e.g. `"digits; profile smoke"`.
-
-    **Arguments:**
-
-    - `profile`: the `GLOCAL_PROFILE` that produced the figure.
-    - `data`: the dataset's name; `None` for synthetic systems.
-    """
+    """The provenance that every figure title carries: the dataset (`None` for a synthetic
+    system) and the `GLOCAL_PROFILE`, e.g. `"digits; profile smoke"`."""
     return f"{data if data is not None else 'synthetic'}; profile {profile}"
 
 
@@ -52,10 +47,9 @@ def panel_grid(count: int, *, per: int = 1, ncols: int = 2, height: float = 2.8,
 
     **Arguments:**
 
-    - `count`: the number of panels (e.g. one per dataset).
     - `per`: axes per panel; each panel with `per > 1` starts a new row, so its axes stay
         together (e.g. test accuracy and three hyperparameters as a 2×2 block).
-    - `ncols`, `height`: axes per row, and inches per row.
+    - `height`: inches per row.
     - `subplots`: passed to `plt.subplots` (`sharex`, `sharey`, ...).
 
     **Returns:**
@@ -95,31 +89,20 @@ def shared_legend(fig, axes, *, ncol: int = 4, **kwargs):
                       ncol=min(ncol, len(handles)), **kwargs)
 
 
-def near_one(eigenvalues, delta: float) -> np.ndarray:
-    """The mask `|λ - 1| <= delta` of the eigenvalues that Eq. (14) keeps, as
-    `estimate_steady_state` computes it."""
-    return np.abs(np.asarray(eigenvalues) - 1.0) <= delta
-
-
 def plot_eigenvalues(ax: Axes, fit_or_eigenvalues, *, delta: float = DMD_DEFAULTS.delta) -> Axes:
-    """DMD eigenvalues against the unit circle, those within `delta` of 1 highlighted
-    (the paper's Figure 4, left).
+    """The eigenvalues of a `DMDFit` (or a complex array of them) against the unit circle,
+    those that Eq. 14 keeps (`|λ - 1| <= delta`, as in `estimate_steady_state`) highlighted:
+    the paper's Figure 4, left. The aspect is set to equal.
 
     The disc `|λ - 1| <= delta` is shaded, so an eigenvalue that just misses it, and hence
     does not enter the glocal estimate, is visible as such when the caller zooms in with
     `ax.set(xlim=..., ylim=...)`.
-
-    **Arguments:**
-
-    - `ax`: the axes to draw on; its aspect is set to equal.
-    - `fit_or_eigenvalues`: a `DMDFit` or a complex array of eigenvalues.
-    - `delta`: the tolerance of `estimate_steady_state`.
     """
     eigenvalues = np.asarray(
         fit_or_eigenvalues.eigenvalues if isinstance(fit_or_eigenvalues, DMDFit)
         else fit_or_eigenvalues
     )
-    kept = near_one(eigenvalues, delta)
+    kept = np.abs(eigenvalues - 1.0) <= delta
     ax.add_patch(mpatches.Circle((0, 0), 1, fill=False, color=UNIT_CIRCLE_COLOR, lw=1))
     ax.add_patch(mpatches.Circle((1, 0), delta, color=STRATEGY_COLORS["glocal"], alpha=0.15,
                                  lw=0, label=rf"$|\lambda - 1| \leq \delta = {delta:g}$"))
@@ -146,21 +129,19 @@ def plot_mode_decay(
     decades: float = 8,
 ) -> Axes:
     """Each mode's magnitude `|b_j λ_j^t u_j|` over `t`, log scale (the paper's Figure 4,
-    middle); modes with `|λ_j - 1| <= delta` in the glocal colour, the others in blue.
+    middle); the modes that Eq. 14 keeps (`|λ_j - 1| <= delta`) in the glocal colour, the
+    others in blue.
 
     **Arguments:**
 
-    - `ax`: the axes to draw on.
-    - `fit`: a `DMDFit`.
     - `steps`: the times after the window, e.g. `np.arange(T - tau + 1)`.
-    - `delta`: the tolerance of `estimate_steady_state`.
     - `component`: as in `mode_magnitudes`.
     - `decades`: the y axis spans at most this many decades below the largest magnitude;
         what has decayed further no longer matters to any estimate.
     """
     steps = np.asarray(steps)
     magnitudes = mode_magnitudes(fit, steps, component=component)
-    kept = near_one(fit.eigenvalues, delta)
+    kept = np.abs(fit.eigenvalues - 1.0) <= delta
     for j in np.argsort(kept, kind="stable"):  # kept modes last, on top
         color = STRATEGY_COLORS["glocal"] if kept[j] else OTHER_MODES_COLOR
         ax.plot(steps, magnitudes[:, j], color=color, lw=1.5 if kept[j] else 0.8,
@@ -189,10 +170,8 @@ def plot_hypergradients(
 
     **Arguments:**
 
-    - `ax`: the axes to draw on.
     - `names`: the hyperparameters' names, in the order of the vectors.
     - `values`: strategy name (a key of `STRATEGY_COLORS`) to a `(q,)` hypergradient.
-    - `reference`: the strategy to divide by.
     """
     scale = np.abs(np.asarray(values[reference], dtype=float))
     scale = np.where(scale > 0, scale, 1.0)
@@ -239,16 +218,14 @@ def plot_mean_std(
     steps: bool = False,
 ) -> Axes:
     """A mean curve in the strategy's colour and line width with a band of ± one std (over
-    seeds).
+    seeds). `x`, `mean` and `std` are `(n,)` arrays; NaN entries are left out.
 
     **Arguments:**
 
-    - `ax`: the axes to draw on.
-    - `x`, `mean`, `std`: `(n,)` arrays; NaN entries are left out.
-    - `strategy`: a key of `STRATEGY_COLORS`.
-    - `label`: the legend entry (default: none).
     - `marker`: a matplotlib marker for the points, e.g. for sparse evaluations.
-    - `steps`: draw a staircase, each value held until the next `x` (`steps-post`).
+    - `steps`: draw a staircase, each value held until the next `x` (`steps-post`): a
+        hyperparameter held fixed within each window of τ steps, `x` the window edges
+        `0, τ, …, T` (the paper's Figures 2 and 3).
     """
     x, mean, std = (np.asarray(a, dtype=float) for a in (x, mean, std))
     color, lw = STRATEGY_COLORS[strategy], STRATEGY_LINEWIDTHS[strategy]
@@ -259,42 +236,11 @@ def plot_mean_std(
     return ax
 
 
-def plot_transitions(ax: Axes, steps, mean, std, strategy: str, *,
-                     label: str | None = None) -> Axes:
-    """A hyperparameter over inner steps as a staircase (held fixed within each window of τ
-    steps), mean ± std over seeds, in the strategy's colour (the paper's Figures 2 and 3).
-
-    **Arguments:**
-
-    - `ax`: the axes to draw on.
-    - `steps`: window edges `0, τ, …, T`; `mean[i]` is used on `[steps[i], steps[i+1])`.
-    - `mean`, `std`: `(n,)` arrays.
-    - `strategy`: a key of `STRATEGY_COLORS`.
-    - `label`: the legend entry (default: none).
-    """
-    return plot_mean_std(ax, steps, mean, std, strategy, label=label, steps=True)
-
-
-def plot_stops(ax: Axes, steps, strategy: str) -> Axes:
-    """A dotted vertical line in the strategy's colour at each step where a run stopped
-    early (`OuterResult.stopped`), so a curve that ends there is read as a divergence."""
-    for step in np.asarray(steps, dtype=float).ravel():
-        ax.axvline(step, color=STRATEGY_COLORS[strategy], ls=":", lw=1.2)
-    return ax
-
-
 def plot_fallbacks(ax: Axes, steps, spectral_radius, fallback, strategy: str = "glocal", *,
                    label: str | None = None) -> Axes:
-    """The DMD's spectral radius per window (log scale), windows where the estimate fell back
-    to the local hypergradient marked with a cross, and the unit circle's radius as a line.
-
-    **Arguments:**
-
-    - `ax`: the axes to draw on.
-    - `steps`, `spectral_radius`, `fallback`: `(S,)` arrays of one run (`OuterResult`).
-    - `strategy`: whose colour to use.
-    - `label`: the legend entry of the line (default: none).
-    """
+    """The DMD's spectral radius per window of one run (the `(S,)` arrays of an
+    `OuterResult`), log scale, in the strategy's colour; a cross where the estimate fell back
+    to the local hypergradient, and the unit circle's radius as a dashed line."""
     steps, radius = np.asarray(steps, dtype=float), np.asarray(spectral_radius, dtype=float)
     fallback = np.asarray(fallback, dtype=bool)
     color = STRATEGY_COLORS[strategy]
@@ -310,14 +256,7 @@ def plot_runtime(ax: Axes, ours: Mapping[str, float], paper: Mapping[str, float]
                  reference: str = "none") -> Axes:
     """Run time of each strategy relative to `reference`, ours (filled bars) beside the
     paper's (hatched), on a log axis, each bar labelled with its ratio (Table 3). Draws its
-    own legend (ours / paper).
-
-    **Arguments:**
-
-    - `ax`: the axes to draw on.
-    - `ours`, `paper`: strategy (a key of `STRATEGY_COLORS`) to seconds.
-    - `reference`: the strategy everything is divided by.
-    """
+    own legend (ours / paper). `ours` and `paper` map a strategy to seconds."""
     strategies = [s for s in STRATEGY_COLORS if s in ours and s in paper]
     x = np.arange(len(strategies))
     for offset, seconds, hatch, alpha in ((-0.2, ours, None, 1.0), (0.2, paper, "//", 0.45)):
@@ -356,8 +295,9 @@ def window_figure(h, names: Sequence[str], tau: int, *, sigma: int | None = None
                 label=rf"local $h_\tau$, $\tau = {tau}$")
         ax.plot(T, h[-1, i], "s", ms=8, color=STRATEGY_COLORS["global"],
                 label=f"global $h_T$, $T = {T}$")
-        typical = 10.0 ** np.floor(np.log10(np.median(np.abs(h[:, i]))))
-        decades = typical * 10.0 ** np.arange(np.ceil(np.log10(np.abs(h[:, i]).max() / typical)) + 1)
+        size = np.abs(h[:, i])
+        typical = 10.0 ** np.floor(np.log10(np.median(size)))
+        decades = typical * 10.0 ** np.arange(np.ceil(np.log10(size.max() / typical)) + 1)
         ax.set_yscale("symlog", linthresh=typical)
         ticks = np.concatenate([-decades[::-1], [0.0], decades])
         ax.set_yticks(ticks, labels=[f"{v:g}" for v in ticks])

@@ -4,18 +4,23 @@ grouped runs of `results.group_runs` and the profile, lays out one panel per dat
 numbers they draw come from `glocal_core.results` and `glocal_core.quality`.
 """
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .. import quality as gq
 from .. import results as gr
-from ..experiments import NUM_CLASSES, PAPER_TABLE2, PAPER_TABLE3
+from .._data import NUM_CLASSES
+from .._outer import OuterResult
+from ..experiments import PAPER_TABLE2, PAPER_TABLE3
 from ._base import (
     BOOK_WIDTH,
     STRATEGY_COLORS,
+    caption,
     log_axis,
     panel_grid,
     plot_fallbacks,
@@ -23,9 +28,38 @@ from ._base import (
     plot_runtime,
     shared_legend,
 )
-from ._results import panel_caption, plot_runs
 
-Groups = Mapping[gr.Panel, Mapping[str, Sequence]]
+Groups = Mapping[gr.Panel, Mapping[str, Sequence[OuterResult]]]
+
+
+def panel_caption(panel: gr.Panel, profile: str, width: int = 48) -> str:
+    """`caption` of a panel, wrapped to `width` characters for subplot titles."""
+    return textwrap.fill(caption(profile, panel.title), width)
+
+
+def plot_runs(axes: Sequence[Axes], runs: Mapping[str, Sequence[OuterResult]]) -> None:
+    """Fill the `1 + q` axes of one panel (`runs`: `{strategy: [OuterResult, ...]}`, as in
+    `group_runs`): test accuracy in `axes[0]`, then one hyperparameter per axis as a
+    staircase over the windows (the paper's Figures 2, 3 and C.1–C.4), every strategy in its
+    colour, mean ± std over seeds. A dotted vertical line in the strategy's colour marks
+    where a run stopped early, so a curve that ends there is read as a divergence."""
+    names = next(iter(runs.values()))[0].names
+    if len(axes) != 1 + len(names):
+        raise ValueError(f"need 1 + q = {1 + len(names)} axes, got {len(axes)}.")
+    for strategy, results in runs.items():
+        acc = gr.accuracy_curve(results)
+        plot_mean_std(axes[0], acc.x, acc.mean, acc.std, strategy, label=strategy,
+                      marker="o" if len(acc.x) < 30 else None)
+        hp = gr.hyperparameter_curve(results)
+        for i, ax in enumerate(axes[1:]):
+            plot_mean_std(ax, hp.x, hp.mean[:, i], hp.std[:, i], strategy, steps=True)
+        stops = [r.step[-1] if len(r.step) else 0 for r in results if r.stopped]
+        for ax in axes:
+            for step in stops:
+                ax.axvline(step, color=STRATEGY_COLORS[strategy], ls=":", lw=1.2)
+    axes[0].set(xlabel="inner step", ylabel="test accuracy")
+    for ax, name in zip(axes[1:], names):
+        ax.set(xlabel="inner step", ylabel=gr.HYPERPARAMETER_TITLES.get(name, name))
 
 
 def strategies_figure(groups: Groups, profile: str, *, title: str) -> Figure:
