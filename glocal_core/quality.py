@@ -27,7 +27,7 @@ from jaxtyping import PRNGKeyArray
 
 from ._dmd import NO_EIGENVALUE, SteadyState, estimate_steady_state
 from ._outer import OuterResult
-from .results import Curve, mean_std
+from .results import Curve, over_seeds
 
 # --- scores ---------------------------------------------------------------------------------
 
@@ -254,7 +254,7 @@ def hypergradient_errors(global_runs: Sequence[OuterResult]) -> dict[str, Curve]
     h_T window by window (the last left out), mean ± std over the seeds of `global` runs:
     `{"local": Curve, "glocal": Curve}`. Both are measured on the global run's states."""
     qualities = [estimate_quality(r) for r in global_runs]
-    return {strategy: mean_std([q.step[q.horizon > 0] for q in qualities],
-                               [getattr(q, f"error_{strategy}")[q.horizon > 0]
-                                for q in qualities])
+    return {strategy: over_seeds([q.step[q.horizon > 0] for q in qualities],
+                                 [getattr(q, f"error_{strategy}")[q.horizon > 0]
+                                  for q in qualities])
             for strategy in ("local", "glocal")}

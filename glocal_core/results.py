@@ -185,7 +185,7 @@ class Curve(NamedTuple):
     count: np.ndarray
 
 
-def mean_std(xs: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> Curve:
+def over_seeds(xs: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> Curve:
     """Mean and population std over runs of different lengths: one increasing `xs[r]`
     `(n_r,)` and one `values[r]` `(n_r, ...)` per run give a `Curve` on the union of the x
     values, each point averaging the runs that have it."""
@@ -225,17 +225,17 @@ def hyperparameter_curve(runs: Sequence[OuterResult]) -> Curve:
     (`plotting.plot_mean_std(..., steps=True)`).
     """
     xs, values = zip(*(_window_edges(r) for r in runs))
-    return mean_std(xs, values)
+    return over_seeds(xs, values)
 
 
 def accuracy_curve(runs: Sequence[OuterResult]) -> Curve:
     """Test accuracy at the evaluation steps, mean ± std over seeds."""
-    return mean_std([r.eval_step for r in runs], [r.test_accuracy for r in runs])
+    return over_seeds([r.eval_step for r in runs], [r.test_accuracy for r in runs])
 
 
 def loss_curve(runs: Sequence[OuterResult], field: str = "val_loss") -> Curve:
     """`val_loss` or `train_loss` at the end of each window, mean ± std over seeds."""
-    return mean_std([r.step for r in runs], [getattr(r, field) for r in runs])
+    return over_seeds([r.step for r in runs], [getattr(r, field) for r in runs])
 
 
 class Final(NamedTuple):
@@ -303,4 +303,4 @@ def weighting_curve(runs: Sequence[OuterResult], losses, *, window: int = -1) ->
     initial one)."""
     losses = np.asarray(losses)
     weights = [weighting_function(r.phi[window])(losses) for r in runs if len(r.phi)]
-    return mean_std([losses] * len(weights), weights)
+    return over_seeds([losses] * len(weights), weights)

@@ -70,7 +70,7 @@ def from_dicts(rows: Sequence[Mapping], caption: str = "") -> Table:
                  caption)
 
 
-def mean_std(mean: float, std: float, n: int, digits: int = 3) -> str:
+def plus_minus(mean: float, std: float, n: int, digits: int = 3) -> str:
     """`"0.912 ± 0.004"`, `"0.912"` for one run, `"–"` for none."""
     if n == 0 or not np.isfinite(mean):
         return "–"
@@ -132,7 +132,7 @@ def summary_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *
                                                         f.hyperparameters_std)))
             dmd = f"{f.fallbacks}/{f.windows}" if strategy.startswith(("glocal", "global")) else ""
             rows.append((panel.title, strategy, f"{f.finished}/{f.runs}",
-                         mean_std(f.accuracy_mean, f.accuracy_std, f.finished),
+                         plus_minus(f.accuracy_mean, f.accuracy_std, f.finished),
                          values, dmd, f"{f.seconds:.1f}"))
     columns = ("data", "strategy", "finished", "final test accuracy", "final hyperparameters",
                "estimator fallbacks / windows", "seconds per run")
@@ -149,7 +149,7 @@ def runs_table(exp: Experiment, results: Mapping[str, OuterResult]) -> Table:
         values = ("" if not r.names or r.names[0].startswith("meta_") else ", ".join(
             f"{n} {v:.4g}" for n, v in zip(r.names, f.hyperparameters)))
         dmd = f"{f.fallbacks}/{f.windows}" if r.config.strategy in ("glocal", "global") else ""
-        rows.append((label, str(f.windows), mean_std(f.accuracy_mean, 0.0, f.finished, 4),
+        rows.append((label, str(f.windows), plus_minus(f.accuracy_mean, 0.0, f.finished, 4),
                      values, dmd, f"{f.seconds:.1f}", r.stopped))
     return Table(("run", "windows", "final test accuracy", "final hyperparameters",
                   "fallbacks", "seconds", "stopped"), tuple(rows), provenance(exp))
@@ -162,7 +162,7 @@ def table2(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *,
     rows = []
     for panel, runs in groups.items():
         ours = {s: final(runs[s]) for s in ("local", "glocal") if s in runs}
-        cell = {s: mean_std(f.accuracy_mean, f.accuracy_std, f.finished) for s, f in ours.items()}
+        cell = {s: plus_minus(f.accuracy_mean, f.accuracy_std, f.finished) for s, f in ours.items()}
         paper = PAPER_TABLE2.get((panel.data.paper_name, panel.data.imbalance), (np.nan,) * 2)
         rows.append((describe_data(panel.data), cell.get("local", "–"), cell.get("glocal", "–"),
                      f"{dataset_title(panel.data.paper_name)} / {panel.data.imbalance:g}",
@@ -202,8 +202,8 @@ def dmd_grid_table(rows: Sequence[DMDGridRow], *, caption: str = "") -> Table:
         ("σ", "m", "finished / seeds", "final val loss", "final test accuracy",
          "fallback rate"),
         tuple((str(r.sigma), str(r.m), f"{r.finished}/{r.seeds}",
-               mean_std(r.val_loss, r.val_loss_std, r.finished),
-               mean_std(r.test_accuracy, r.test_accuracy_std, r.finished),
+               plus_minus(r.val_loss, r.val_loss_std, r.finished),
+               plus_minus(r.test_accuracy, r.test_accuracy_std, r.finished),
                f"{r.fallback_rate:.2f}") for r in rows),
         caption)
 

@@ -18,7 +18,6 @@ This module imports matplotlib (through `glocal_core.plotting`); ipywidgets only
 explorer is built. `import glocal_core` imports neither.
 """
 
-import inspect
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -118,18 +117,39 @@ def fit_point(
                      _relative_error(state.local, target))
 
 
-def _frame(H, target=None, **settings) -> tuple[np.ndarray, ExplorerGrid]:
-    """`H` as floats, and `explorer_grid(H, target, **settings)` without its points: the
-    checked settings, which are all that `plot_point` and `live_explorer` read. Binding to
-    `explorer_grid`'s signature gives every front end one set of keywords and defaults.
+def explorer_grid(
+    H,
+    target=None,
+    *,
+    taus: Sequence[int],
+    sigmas: Sequence[int],
+    ms: Sequence[int],
+    names: Sequence[str],
+    initial: tuple[int, int, int] | None = None,
+    delta: float = DMD_DEFAULTS.delta,
+    component: int = 0,
+    title: str = "",
+    fit: bool = True,
+) -> ExplorerGrid:
+    """Fit every combination of `taus`, `sigmas` and `ms` (pure NumPy, milliseconds each).
+
+    **Arguments:**
+
+    - `H`: the `(T, q)` trajectory.
+    - `target`: the global hypergradient; `H[-1]` (that is, `h_T`) if omitted.
+    - `taus`, `sigmas`, `ms`: the slider values, in any order; duplicates are dropped.
+    - `names`: the `q` hyperparameters' names.
+    - `initial`: where the sliders start, each entry one of the slider values; the middle
+        values if omitted.
+    - `delta`: the tolerance of Eq. (14).
+    - `component`: the hyperparameter whose modes are drawn (the paper: the learning rate).
+    - `title`: a title naming the data and the profile.
+    - `fit`: with `False`, fit nothing: the grid holds the checked settings only (`points` is
+        empty), all that `plot_point` and `live_explorer` read.
+
+    **Returns:** an `ExplorerGrid`. A malformed `H`, an empty list of slider values or an
+    `initial`, `names` or `component` that does not fit raises `ValueError`.
     """
-    signature = inspect.signature(explorer_grid)
-    # `bind_partial` first: like a call, it names an unknown keyword before a missing one.
-    signature.bind_partial(H, target, **settings)
-    arguments = signature.bind(H, target, **settings)
-    arguments.apply_defaults()
-    H, target, taus, sigmas, ms, names, initial, delta, component, title = (
-        arguments.arguments.values())
     H = np.asarray(H, dtype=np.float64)
     if H.ndim != 2:
         raise ValueError(f"`H` must be a (T, q) trajectory, got shape {H.shape}.")
@@ -148,46 +168,10 @@ def _frame(H, target=None, **settings) -> tuple[np.ndarray, ExplorerGrid]:
         raise ValueError(f"{len(names)} names for q={H.shape[1]} hyperparameters.")
     if not 0 <= component < H.shape[1]:
         raise ValueError(f"component={component} must index one of the q={H.shape[1]} columns.")
-    return H, ExplorerGrid(*axes, {}, target, len(H), tuple(names), float(delta),
-                           int(component), initial, title)
-
-
-def explorer_grid(
-    H,
-    target=None,
-    *,
-    taus: Sequence[int],
-    sigmas: Sequence[int],
-    ms: Sequence[int],
-    names: Sequence[str],
-    initial: tuple[int, int, int] | None = None,
-    delta: float = DMD_DEFAULTS.delta,
-    component: int = 0,
-    title: str = "",
-) -> ExplorerGrid:
-    """Fit every combination of `taus`, `sigmas` and `ms` (pure NumPy, milliseconds each).
-
-    **Arguments:**
-
-    - `H`: the `(T, q)` trajectory.
-    - `target`: the global hypergradient; `H[-1]` (that is, `h_T`) if omitted.
-    - `taus`, `sigmas`, `ms`: the slider values, in any order; duplicates are dropped.
-    - `names`: the `q` hyperparameters' names.
-    - `initial`: where the sliders start, each entry one of the slider values; the middle
-        values if omitted.
-    - `delta`: the tolerance of Eq. (14).
-    - `component`: the hyperparameter whose modes are drawn (the paper: the learning rate).
-    - `title`: a title naming the data and the profile.
-
-    **Returns:** an `ExplorerGrid`. A malformed `H`, an empty list of slider values or an
-    `initial`, `names` or `component` that does not fit raises `ValueError`.
-    """
-    H, frame = _frame(H, target, taus=taus, sigmas=sigmas, ms=ms, names=names, initial=initial,
-                      delta=delta, component=component, title=title)
-    return frame._replace(points={
-        (tau, sigma, m): fit_point(H, frame.target, tau, sigma, m, delta=frame.delta)
-        for tau in frame.taus for sigma in frame.sigmas for m in frame.ms
-    })
+    points = {(tau, sigma, m): fit_point(H, target, tau, sigma, m, delta=delta)
+              for tau in axes[0] for sigma in axes[1] for m in axes[2]} if fit else {}
+    return ExplorerGrid(*axes, points, target, len(H), tuple(names), float(delta),
+                        int(component), initial, title)
 
 
 def plot_point(point: GridPoint, grid_like: ExplorerGrid, axes) -> None:
@@ -218,7 +202,8 @@ def live_explorer(H, target=None, **settings):
     `explorer_grid`; returns a widget.
     """
     # The settings are checked first, so that a mistake is reported even without ipywidgets.
-    H, frame = _frame(H, target, **settings)
+    frame = explorer_grid(H, target, fit=False, **settings)
+    H = np.asarray(H, dtype=np.float64)
     import ipywidgets
     import matplotlib.pyplot as plt
     from IPython.display import display

@@ -44,19 +44,19 @@ def _result(hyperparameters, accuracy, *, tau=10, strategy="glocal", stopped="",
     )
 
 
-def test_mean_std_over_seeds_of_equal_runs():
+def test_over_seeds_over_seeds_of_equal_runs():
     rng = np.random.default_rng(0)
     values = rng.normal(size=(3, 5, 2))
     x = np.arange(5) * 10
-    curve = gr.mean_std([x] * 3, list(values))
+    curve = gr.over_seeds([x] * 3, list(values))
     np.testing.assert_array_equal(curve.x, x)
     np.testing.assert_allclose(curve.mean, values.mean(axis=0))
     np.testing.assert_allclose(curve.std, values.std(axis=0))
     np.testing.assert_array_equal(curve.count, [3] * 5)
 
 
-def test_mean_std_keeps_a_shorter_run_until_it_ends():
-    curve = gr.mean_std([np.array([1, 2, 3]), np.array([1, 2])],
+def test_over_seeds_keeps_a_shorter_run_until_it_ends():
+    curve = gr.over_seeds([np.array([1, 2, 3]), np.array([1, 2])],
                          [np.array([1.0, 2.0, 3.0]), np.array([3.0, 4.0])])
     np.testing.assert_array_equal(curve.x, [1, 2, 3])
     np.testing.assert_allclose(curve.mean, [2.0, 3.0, 3.0])
@@ -64,11 +64,11 @@ def test_mean_std_keeps_a_shorter_run_until_it_ends():
     np.testing.assert_array_equal(curve.count, [2, 2, 1])
 
 
-def test_mean_std_refuses_mismatched_input():
+def test_over_seeds_refuses_mismatched_input():
     with pytest.raises(ValueError, match="one x array per run"):
-        gr.mean_std([np.arange(3)], [])
+        gr.over_seeds([np.arange(3)], [])
     with pytest.raises(ValueError, match="3 points"):
-        gr.mean_std([np.arange(3)], [np.zeros(2)])
+        gr.over_seeds([np.arange(3)], [np.zeros(2)])
 
 
 def test_hyperparameter_curve_is_a_staircase_over_window_edges():
@@ -95,9 +95,9 @@ def test_final_leaves_stopped_runs_out_of_the_accuracy():
     assert f.stopped == ("training diverged in window 2",)
     nothing = gr.final([diverged])
     assert np.isnan(nothing.accuracy_mean)
-    assert gt.mean_std(nothing.accuracy_mean, nothing.accuracy_std, 0) == "–"
-    assert gt.mean_std(0.71234, 0.0123, 3) == "0.712 ± 0.012"
-    assert gt.mean_std(0.71234, 0.0, 1) == "0.712"
+    assert gt.plus_minus(nothing.accuracy_mean, nothing.accuracy_std, 0) == "–"
+    assert gt.plus_minus(0.71234, 0.0123, 3) == "0.712 ± 0.012"
+    assert gt.plus_minus(0.71234, 0.0, 1) == "0.712"
 
 
 def test_group_runs_follows_the_experiment():

@@ -103,6 +103,15 @@ def test_bad_arguments_raise():
         gw.explorer_grid(H, taus=TAUS, sigmas=SIGMAS, ms=MS, names=NAMES, initial=(41, 20, 4))
     with pytest.raises(ValueError, match="names"):
         gw.explorer_grid(H, taus=TAUS, sigmas=SIGMAS, ms=MS, names=NAMES[:1])
+    with pytest.raises(ValueError, match="names"):  # checked even when nothing is fitted
+        gw.live_explorer(H, taus=TAUS, sigmas=SIGMAS, ms=MS, names=NAMES[:1])
+    with pytest.raises(TypeError, match="sigma"):
+        gw.explorer(H, taus=TAUS, sigma=SIGMAS, ms=MS, names=NAMES)
+    frame = gw.explorer_grid(H, taus=TAUS, sigmas=SIGMAS, ms=MS, names=NAMES, fit=False)
+    full = gw.explorer_grid(H, taus=TAUS, sigmas=SIGMAS, ms=MS, names=NAMES)
+    assert frame.points == {} and len(full.points) == len(TAUS) * len(SIGMAS) * len(MS)
+    np.testing.assert_array_equal(frame.target, full.target)
+    assert frame[:3] == full[:3] and frame[5:] == full[5:]  # all but points and target
 
 
 def _payload(html):

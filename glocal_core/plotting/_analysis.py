@@ -165,7 +165,7 @@ def dmd_grid_figure(grid: Sequence[DMDGridRow], exp: Experiment) -> Figure:
         shown = ax.imshow(image, cmap=cmap, aspect="auto", origin="lower")
         fig.colorbar(shown, ax=ax, label=value.replace("_", " "))
         for row in grid:
-            text = gt.mean_std(getattr(row, value), getattr(row, f"{value}_std"), row.finished)
+            text = gt.plus_minus(getattr(row, value), getattr(row, f"{value}_std"), row.finished)
             # black text on light cells, white on dark (luma of the cell's colour)
             red, green, blue, _ = shown.cmap(shown.norm(getattr(row, value)))
             light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
