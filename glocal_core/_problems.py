@@ -111,6 +111,18 @@ def _cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def _chunked_sum(fn, x, y, chunk: int, *, remat: bool = False):
+    """`Σ_c fn(x_c, y_c)` over chunks of at most `chunk` examples: one `lax.map` over the
+    full chunks, then the rest. With `remat`, a gradient recomputes each chunk's activations
+    in its backward pass (`jax.checkpoint`), so it holds one chunk's instead of all of them."""
+    chunk = min(chunk, len(y))
+    n = len(y) - len(y) % chunk
+    body = jax.checkpoint(fn) if remat else fn
+    sums = jax.lax.map(lambda xy: body(*xy), (x[:n].reshape(-1, chunk, *x.shape[1:]),
+                                              y[:n].reshape(-1, chunk)))
+    return jnp.sum(sums) + (fn(x[n:], y[n:]) if n < len(y) else 0)
+
+
 class _Classifier(NamedTuple):
     """What every classification problem shares: θ_0, the loss on a minibatch, ℓ̃, metrics."""
 
@@ -120,7 +132,8 @@ class _Classifier(NamedTuple):
     evaluate: Callable
 
 
-def _classifier(model, train, val, test, batch_size: int, eval_chunk: int) -> _Classifier:
+def _classifier(model, train, val, test, batch_size: int, eval_chunk: int,
+                val_chunk: int | None) -> _Classifier:
     params0, static = eqx.partition(model, eqx.is_inexact_array)
     x_train, y_train = train
     x_val, y_val = val
@@ -138,21 +151,15 @@ def _classifier(model, train, val, test, batch_size: int, eval_chunk: int) -> _C
         return _cross_entropy(logits(params, x), y)
 
     def val_loss(params):
-        return jnp.mean(_cross_entropy(logits(params, x_val), y_val))
+        if val_chunk is None or len(y_val) <= val_chunk:
+            return jnp.mean(_cross_entropy(logits(params, x_val), y_val))
+        return _chunked_sum(lambda x, y: jnp.sum(_cross_entropy(logits(params, x), y)),
+                            x_val, y_val, val_chunk, remat=True) / len(y_val)
 
     def evaluate(params):
-        n = len(y_test) - len(y_test) % eval_chunk if len(y_test) > eval_chunk else len(y_test)
-        chunk = min(eval_chunk, n)
-
-        def correct(xy):
-            x, y = xy
-            return jnp.sum(jnp.argmax(logits(params, x), -1) == y)
-
-        hits = jax.lax.map(correct, (x_test[:n].reshape(-1, chunk, *x_test.shape[1:]),
-                                     y_test[:n].reshape(-1, chunk)))
-        rest = x_test[n:], y_test[n:]
-        total = jnp.sum(hits) + (correct(rest) if len(rest[1]) else 0)
-        return {"test_accuracy": total / len(y_test), "val_loss": val_loss(params)}
+        hits = _chunked_sum(lambda x, y: jnp.sum(jnp.argmax(logits(params, x), -1) == y),
+                            x_test, y_test, eval_chunk)
+        return {"test_accuracy": hits / len(y_test), "val_loss": val_loss(params)}
 
     return _Classifier(params0, batch_losses, val_loss, evaluate)
 
@@ -166,6 +173,7 @@ def classification_problem(
     *,
     batch_size: int = 128,
     eval_chunk: int = 1000,
+    val_chunk: int | None = None,
 ) -> BilevelProblem:
     """Hyperparameter optimisation of `optimizer` for a per-example `model` (Sec. 4.1).
 
@@ -179,8 +187,11 @@ def classification_problem(
     - `optimizer`: the inner optimizer with its learned hyperparameters.
     - `batch_size`: training minibatch size (the paper: 128).
     - `eval_chunk`: test examples per forward pass when evaluating.
+    - `val_chunk`: validation examples per forward pass of ℓ̃ (`None`: all in one). ℓ̃ is
+      the same full-batch mean either way (up to float rounding); with chunks, its gradient
+      holds one chunk's activations and recomputes them in the backward pass.
     """
-    c = _classifier(model, train, val, test, batch_size, eval_chunk)
+    c = _classifier(model, train, val, test, batch_size, eval_chunk, val_chunk)
     return BilevelProblem(
         space=optimizer.space,
         phi0=optimizer.phi0,
@@ -212,6 +223,7 @@ def reweighting_problem(
     weight_decay: float = 0.0,
     batch_size: int = 128,
     eval_chunk: int = 1000,
+    val_chunk: int | None = None,
 ) -> BilevelProblem:
     """Data reweighting (Sec. 4.2): φ are the parameters of a meta network μ_φ.
 
@@ -228,9 +240,9 @@ def reweighting_problem(
       φ, unbounded, with its current values as φ_0.
     - `train`, `val`, `test`: `(images, labels)` arrays on the device.
     - `learning_rate`, `momentum`, `weight_decay`, `batch_size`: the inner SGD.
-    - `eval_chunk`: test examples per forward pass when evaluating.
+    - `eval_chunk`, `val_chunk`: as in `classification_problem`.
     """
-    c = _classifier(model, train, val, test, batch_size, eval_chunk)
+    c = _classifier(model, train, val, test, batch_size, eval_chunk, val_chunk)
     phi0, network = meta_network(meta)
     optimizer = optax.chain(optax.add_decayed_weights(weight_decay),
                             optax.sgd(learning_rate, momentum=momentum))

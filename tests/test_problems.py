@@ -201,6 +201,35 @@ def test_classification_evaluate_counts_every_test_example(eval_chunk):
     np.testing.assert_allclose(metrics["val_loss"], problem.val_loss(state.params), rtol=1e-12)
 
 
+@pytest.mark.parametrize("val_chunk", [5, 15, 16, 100])
+def test_chunked_val_loss_and_its_gradient_are_the_full_batch_ones(val_chunk):
+    # 16 validation examples: chunks of 5 or 15 leave some over, which must still count.
+    model, train, val, test = _splits()
+    full = gc.classification_problem(model, train, val, test, gc.sgd(), batch_size=8)
+    chunked = gc.classification_problem(model, train, val, test, gc.sgd(), batch_size=8,
+                                        val_chunk=val_chunk)
+    params = full.init(None).params
+    np.testing.assert_allclose(chunked.val_loss(params), full.val_loss(params), rtol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15),
+                 jax.grad(chunked.val_loss)(params), jax.grad(full.val_loss)(params))
+
+
+def test_a_chunked_val_gradient_holds_one_chunk_of_activations():
+    """XLA's own accounting of the compiled gradient of ℓ̃ through LeNet over 2,000
+    examples: in chunks of 100, a small fraction of the temporary memory of one pass."""
+    def temporary_bytes(val_chunk):
+        with jax.enable_x64(False):  # the float32 of a real run
+            x, y = jnp.zeros((2000, 28, 28, 1)), jnp.zeros(2000, jnp.int32)
+            model = gc.LeNet(key=jax.random.key(0))
+            problem = gc.classification_problem(model, (x[:8], y[:8]), (x, y), (x[:8], y[:8]),
+                                                gc.sgd(), batch_size=8, val_chunk=val_chunk)
+            compiled = jax.jit(jax.grad(problem.val_loss)).lower(problem.init(None).params)
+            return compiled.compile().memory_analysis().temp_size_in_bytes
+
+    full, chunked = temporary_bytes(None), temporary_bytes(100)
+    assert chunked < full / 10, (chunked, full)  # measured: 0.05; one pass of lax.map: 0.21
+
+
 @pytest.mark.parametrize("batch_size", [0, 49])
 def test_classification_bad_batch_size(batch_size):
     model, train, val, test = _splits()
