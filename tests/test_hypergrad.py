@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
+from glocal_core import _hypergrad as hg
 
 
 @pytest.fixture(autouse=True)
@@ -224,3 +225,33 @@ def test_reweighting_hypergradients_forward_reverse_and_grad_agree():
     np.testing.assert_allclose(forward.hypergradients, reverse.hypergradients,
                                rtol=1e-7, atol=1e-14)
     assert np.abs(expected).max() > 0
+
+
+@pytest.mark.parametrize("mode", [None, "forward", "reverse"])
+def test_a_window_after_warm_up_compiles_nothing(mode):
+    """Window times exclude compilation: after `warm_up`, a whole window on this machine's
+    path (the host loop on a CPU) starts no XLA compilation, not even of the small
+    per-shape operations around its steps (the τ keys, the stacked losses and rows)."""
+    problem = _mlp_problem(OPTIMIZERS["sgd"]())
+    phi, key = problem.phi0, jax.random.key(7)
+    state = problem.init(key)
+    hg.warm_up(problem, state, phi, key, num_steps=6, num_recorded=4, mode=mode)
+    compiles = []
+
+    def listen(name, seconds, **kwargs):
+        if name.endswith("backend_compile_duration"):
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        if mode is None:
+            window = gc.train_window(problem, state, phi, key, num_steps=6)
+        elif mode == "forward":
+            window = gc.track_forward(problem, state, gc.zero_tangents(state, phi.shape[0]),
+                                      phi, key, num_steps=6, num_recorded=4)
+        else:
+            window = gc.track_reverse(problem, state, phi, key, num_steps=6, num_recorded=4)
+        jax.block_until_ready(window)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == [], f"{len(compiles)} compilations inside a warmed-up window"
