@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._bench import run_bench
+from ._configs import BENCH_VERSION as BENCH_VERSION
 from ._configs import CACHE_VERSION as CACHE_VERSION
 from ._configs import DESCRIPTIONS as DESCRIPTIONS
 from ._configs import EXPERIMENTS as EXPERIMENTS
@@ -149,8 +150,8 @@ def run(
 
 def _bench_path(exp: Experiment, cache_dir) -> Path:
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    text = json.dumps([CACHE_VERSION, dataclasses.asdict(exp.bench), jax.default_backend()],
-                      sort_keys=True)
+    text = json.dumps([CACHE_VERSION, BENCH_VERSION, dataclasses.asdict(exp.bench),
+                       jax.default_backend()], sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     return root / exp.profile / exp.name / f"bench-{jax.default_backend()}-{digest}.pkl"
 
