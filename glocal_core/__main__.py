@@ -125,6 +125,9 @@ def _reproduce(args) -> int:
             else:
                 results = ex.reproduce(name, profile, cache_dir=args.cache_dir,
                                        data_dir=args.data_dir)
+            if exp.bench and not results:
+                print("the benchmark runs on shard 0")
+                continue
             print(gt.runtime_table(results, caption=gr.provenance(exp)) if exp.bench
                   else gt.runs_table(exp, results))
     except (DatasetNotPreparedError, ValueError) as err:

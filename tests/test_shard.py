@@ -48,6 +48,13 @@ def test_shard_parsing_refuses_bad_input():
     assert main(["reproduce", "fig2", "--shard", "2/2", "--list"]) == 2
 
 
+def test_the_benchmark_belongs_to_shard_zero(tmp_path, capsys):
+    # Shard 1 neither computes nor prints table3; it must not fail on the empty report.
+    assert main(["reproduce", "table3", "--shard", "1/2", "--cache-dir", str(tmp_path)]) == 0
+    assert "shard 0" in capsys.readouterr().out
+    assert not any(tmp_path.rglob("*.pkl"))
+
+
 def test_every_run_belongs_to_exactly_one_shard():
     runs = ex.experiment("fig2", "full").runs
     shards = [_shard.shard_runs(runs, k, 5) for k in range(5)]
