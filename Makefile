@@ -20,7 +20,7 @@ else
 BOOK_OUT := _build/profiles/$(GLOCAL_PROFILE)
 endif
 
-.PHONY: install data-check book test unit notebooks book-strict browser sizes lab bench reproduce data clean
+.PHONY: install data-check book test unit notebooks book-strict browser sizes lab bench gpu-check reproduce data clean
 
 install: $(STAMP)
 
@@ -89,6 +89,11 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m glocal_core bench
+
+# On a GPU, at most BUDGET seconds (default 480): device, versions, the bench at T = 1000,
+# a dry run of every full experiment, in one JSON report (OUT, default gpu-check.json).
+gpu-check: $(STAMP)
+	$(BIN)/python -m glocal_core gpu-check --budget $(or $(BUDGET),480) --out $(or $(OUT),gpu-check.json) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 # make reproduce NAME=fig2 [GLOCAL_PROFILE=full] [DATA_DIR=...]; NAME=all runs every experiment.
 reproduce: $(STAMP)

@@ -47,6 +47,7 @@ from ._idx import read_idx as read_idx
 from ._models import LeNet as LeNet
 from ._models import MetaMLP as MetaMLP
 from ._models import MLP as MLP
+from ._models import SmallCNN as SmallCNN
 from ._models import WideResNet as WideResNet
 from ._models import count_parameters as count_parameters
 from ._outer import OuterConfig as OuterConfig

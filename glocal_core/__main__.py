@@ -1,4 +1,4 @@
-"""`python -m glocal_core {reproduce,doctor,bench,fidelity,data}`: the command line."""
+"""`python -m glocal_core {reproduce,doctor,bench,gpu-check,fidelity,data}`: the command line."""
 
 import argparse
 import sys
@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "hours on this device; cache no result")
     reproduce.add_argument("--steps", type=int, default=2,
                            help="with --dry-run: steps of the window run, and calls timed")
+    reproduce.add_argument("--memory-limit", type=float, default=80, metavar="GIB",
+                           help="with --dry-run: exit with status 1, naming them, if any "
+                                "run's peak memory is over GIB (default 80, one GPU's)")
     reproduce.add_argument("--shard", default=None, metavar="K/N",
                            help="compute only shard K of N (run i goes to shard i mod N), "
                                 "e.g. $SLURM_ARRAY_TASK_ID/4; a later call without --shard "
@@ -83,6 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true",
                        help="print one JSON line instead of a table")
 
+    gpu = commands.add_parser(
+        "gpu-check", help="in a fixed budget: device and versions, the bench at T = 1000, "
+                          "a dry run of every full experiment; one JSON report",
+        description="Measure this device within --budget seconds: the JAX backend and "
+                    "versions, the Table 3 bench on the paper's LeNet workload with T "
+                    "reduced (tau, sigma, m, validation kept), and the dry run of every "
+                    "problem of fig2, fig3, table2, fig4 and table3. What does not fit in "
+                    "the budget is listed as skipped in the report.",
+    )
+    gpu.add_argument("--budget", type=float, default=480, metavar="SECONDS",
+                     help="wall seconds for everything (default 480)")
+    gpu.add_argument("--out", default="gpu-check.json", metavar="PATH",
+                     help="the JSON report (default gpu-check.json)")
+    gpu.add_argument("--steps", type=int, default=1000,
+                     help="T wanted for the bench (default 1000; the paper's is 10000)")
+    gpu.add_argument("--data-dir", default=None, help="as for reproduce")
+
     data = commands.add_parser("data", help="prepare tensorflow-datasets data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     prepare = data_commands.add_parser(
@@ -102,6 +122,7 @@ def _reproduce(args) -> int:
     from ._shard import parse_shard, reproduce_shard
 
     names = EXPERIMENTS if args.name == "all" else (args.name,)
+    over = []  # dry-run rows over --memory-limit
     try:
         profile = args.profile or ex.profile_from_env()
         ex.check_profile(profile)
@@ -110,7 +131,7 @@ def _reproduce(args) -> int:
             exp = ex.experiment(name, profile)
             print(f"# {name} ({profile}): {exp.description}")
             if args.dry_run:
-                _dry_run(name, profile, args)
+                over += _dry_run(name, profile, args)
                 continue
             if args.list:
                 for spec in exp.runs:
@@ -133,10 +154,16 @@ def _reproduce(args) -> int:
     except (DatasetNotPreparedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if over:
+        print(f"error: over the memory limit of {args.memory_limit:g} GiB: {', '.join(over)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
-def _dry_run(name: str, profile: str, args) -> None:
+def _dry_run(name: str, profile: str, args) -> list[str]:
+    """Print the dry runs of `name`, save them for `doctor`; return the runs (with their
+    peak GiB) over `--memory-limit`."""
     from ._doctor import save_report
     from ._dryrun import dry_run, format_dry_runs
 
@@ -146,6 +173,8 @@ def _dry_run(name: str, profile: str, args) -> None:
     rows = dry_run(name, steps=args.steps, data_dir=args.data_dir)
     print(format_dry_runs(rows))
     save_report(name, rows, args.cache_dir)
+    return [f"{r.experiment}/{r.label} ({r.peak_bytes / 2**30:.1f} GiB)" for r in rows
+            if r.peak_bytes > args.memory_limit * 2**30]
 
 
 def _fidelity(args) -> int:
@@ -189,6 +218,18 @@ def main(argv=None) -> int:
         from ._doctor import doctor
 
         print(doctor(cache_dir=args.cache_dir, data_dir=args.data_dir))
+        return 0
+    if args.command == "gpu-check":
+        from ._gpucheck import format_gpu_check, gpu_check
+
+        try:
+            report = gpu_check(budget_seconds=args.budget, out=args.out,
+                               bench_steps=args.steps, data_dir=args.data_dir)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(format_gpu_check(report))
+        print(f"report: {args.out}")
         return 0
     if args.command == "bench":
         from ._bench import main as bench_main

@@ -9,13 +9,15 @@ Profiles (`GLOCAL_PROFILE`):
 
 - `smoke`: the paper's DMD window (τ = 100, σ = 80, m = 10) on real Fashion-MNIST, the
   paper's main dataset, read from its IDX files (Debian's `dataset-fashion-mnist`), for
-  fig2, fig4 and table3. To fit 2 CPU cores, T is `SMOKE_STEPS` (not 10k) and an MLP
-  784-32-10 stands in for LeNet: under XLA:CPU a LeNet step tracked with q tangents costs
-  about 2 s inside a scan, the MLP's about 3 ms. fig3 and table2 keep scikit-learn's digits
-  with a WideResNet-10-1 and LeNet and a tenth of the window (τ = 10, σ = 8, m = 3): σ
-  backward passes through a convolutional network per window cost minutes on a CPU, and the
-  CIFAR-shaped data is not on this machine. Every label and caption names the stand-ins.
-  Its numbers show the method on real data, not the paper's results.
+  every experiment. To fit 2 CPU cores, T shrinks (`SMOKE_STEPS`, `FIG3_SMOKE_STEPS`,
+  `TABLE2_SMOKE_STEPS`) and small networks stand in: an MLP 784-32-10 for LeNet (fig2, fig4,
+  table3) and for WideResNet-28-2 in data reweighting (table2), a `SmallCNN` (CNN 8-16) for
+  WideResNet-28-2 in fig3. Under XLA:CPU a LeNet step tracked with q tangents costs about
+  2 s inside a scan and 0.2 s on the host loop, the MLP's a few ms, the CNN's about a fifth
+  of LeNet's. Fashion-MNIST stands in for CIFAR-10 in fig3 and, made imbalanced at the
+  paper's factors 50 and 100, in table2, with the paper's balanced validation set of 1,000.
+  Every label and caption names the stand-ins. Its numbers show the method on real data,
+  not the paper's results.
 - `full`: the paper's datasets (tensorflow-datasets, prepared beforehand), models and
   settings, three seeds, for a GPU.
 
@@ -31,10 +33,9 @@ Where the paper leaves a setting open, we chose:
   optimizer hyperparameters; on 385 unbounded weights it moves every weight by about 0.1 per
   outer step, which saturates μ_φ within a few steps (measured: the smoke runs stopped
   learning at chance accuracy).
-- `smoke`: Fashion-MNIST from lr 0.1 (the paper's) for the MLP; WideResNet-10-1 with batch
-  32 on digits for fig3, from lr 0.1; reweighting with LeNet
-  (batch 32) on digits at f = 50 and 100 (CIFAR-10's rows; digits has no 100-class
-  stand-in), because σ backward passes through a WideResNet cost minutes per window on a CPU.
+- `smoke`: Fashion-MNIST from lr 0.1 (the paper's) for the MLP and for fig3's CNN; fig3
+  keeps the paper's learned pair (learning rate and weight decay, momentum fixed at 0.9),
+  table2 the paper's inner SGD (lr 0.01, momentum 0.9) at batch 128. Two seeds for fig2, fig3 and table2, one for fig4.
 """
 
 
@@ -61,10 +62,16 @@ CACHE_VERSION = 4
 BENCH_VERSION = 2
 # T of the smoke profile's fig2 and fig4 runs: 40 windows of the paper's τ = 100.
 SMOKE_STEPS = 4000
+# Memory settings of the full profile's WideResNet runs, so that each fits one 80 GiB GPU
+# (peaks from `reproduce NAME --profile full --dry-run`, in book/reproducing.md).
+FIG3_VAL_CHUNK = 1000
+TABLE2_COTANGENT_CHUNK = 16
 # The paper's estimator (Eq. 14) with the library's tolerances.
 PAPER_DMD = DMDSettings(method="paper")
-# The window of the smoke stand-ins that cannot run the paper's (fig3, table2).
-_SMALL_WINDOW = dict(tau=10, sigma=8, m=3)
+# T of the smoke profile's fig3 (10 windows) and table2 (20 windows) runs: a tracked step of
+# the convolutional stand-in, and reverse mode's σ cotangents per step of table2, cost more.
+FIG3_SMOKE_STEPS = 1000
+TABLE2_SMOKE_STEPS = 2000
 
 DESCRIPTIONS = {
     "fig2": "LeNet (at smoke an MLP): SGD (lr, momentum, wd) and Adam (lr, β1, β2); "
@@ -85,6 +92,11 @@ PAPER_TABLE2 = {  # test accuracy, (local, glocal)
     ("cifar100", 50): (0.315, 0.350),
 }
 PAPER_TABLE3 = PAPER_SECONDS
+# Figures 3 and C.4 print no number: what the paper's text says of glocal against local.
+PAPER_FIG3 = {
+    "cifar10": "glocal above local (Fig. 3, no number given)",
+    "cifar100": "glocal above local (Fig. C.4, no number given)",
+}
 
 
 
@@ -113,14 +125,17 @@ class RunSpec:
 
     - `experiment`, `profile`: where it belongs.
     - `data`: a `DataSpec`.
-    - `model`: `lenet`, `mlp` (784-32-10, the smoke stand-in for LeNet) or `wrn` (with
-      `depth`, `width`).
+    - `model`: `lenet`, `mlp` (784-32-10, the smoke stand-in for LeNet), `cnn` (`SmallCNN`
+      with `width`, the smoke stand-in for WideResNet) or `wrn` (with `depth`, `width`).
     - `task`: `hpo` (optimizer hyperparameters) or `reweighting` (meta network, q = 385).
     - `optimizer`, `initial`, `learn`: the inner optimizer (`sgd`/`adam`), its initial values
       and which of them are learned (`hpo` only).
     - `batch_size`: training minibatch size.
     - `outer`: the `OuterConfig` (strategy, T, τ, σ, m, ...).
     - `seed`: model initialisation, data hold-outs and minibatches.
+    - `val_chunk`: validation examples per forward pass of ℓ̃ (`None`: all at once), so that
+      its gradient holds one chunk's activations (see `classification_problem`); the same
+      ℓ̃ up to float rounding. `None` leaves it out of `digest`, as `outer.cotangent_chunk`.
     """
 
     experiment: str
@@ -136,6 +151,7 @@ class RunSpec:
     learn: tuple[str, ...] = ()
     batch_size: int = 128
     seed: int = 0
+    val_chunk: int | None = None
 
     @property
     def label(self) -> str:
@@ -163,14 +179,23 @@ class RunSpec:
 
     @property
     def model_title(self) -> str:
-        """The model as captions name it, e.g. `MLP 784-32-10` or `WideResNet-28-2`."""
+        """The model as captions name it, e.g. `MLP 784-32-10`, `CNN 8-16` or
+        `WideResNet-28-2`."""
         if self.model == "wrn":
             return f"WideResNet-{self.depth}-{self.width}"
+        if self.model == "cnn":
+            return f"CNN {8 * self.width}-{16 * self.width}"
         return {"lenet": "LeNet", "mlp": "MLP 784-32-10"}.get(self.model, self.model)
 
     def digest(self) -> str:
         """A hash of everything that determines the result (and of `CACHE_VERSION`)."""
-        text = json.dumps([CACHE_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        fields = dataclasses.asdict(self)
+        # Memory settings added later: unset, they leave the runs cached before them valid.
+        if fields["val_chunk"] is None:
+            del fields["val_chunk"]
+        if fields["outer"]["cotangent_chunk"] is None:
+            del fields["outer"]["cotangent_chunk"]
+        text = json.dumps([CACHE_VERSION, fields], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -222,6 +247,12 @@ def _outer(profile: str, strategy: str, **overrides) -> OuterConfig:
     return OuterConfig(strategy, **{**base, **overrides})
 
 
+# Every reproduction runs glocal with the default estimator and, beside it, with the paper's
+# Eq. 14, so that no figure or table leaves a reader guessing which of the two the paper ran.
+_LOCAL_AND_GLOCAL = (("local", {}), ("glocal", {})) + (
+    (("glocal", dict(dmd=PAPER_DMD)),) if DEFAULT_METHOD != "paper" else ())
+
+
 def _fig2(profile: str) -> list[RunSpec]:
     if profile == "smoke":
         fmnist = DataSpec("fashion_mnist")
@@ -234,9 +265,8 @@ def _fig2(profile: str) -> list[RunSpec]:
             (DataSpec("kmnist"), "sgd", _sgd_initial(0.01)),
         ]
     # glocal with the default estimator, and with the paper's Eq. 14 beside it.
-    strategies = [("local", {}), ("global", dict(keep_trajectories=True)), ("glocal", {})]
-    if DEFAULT_METHOD != "paper":
-        strategies.append(("glocal", dict(dmd=PAPER_DMD)))
+    strategies = [("local", {}), ("global", dict(keep_trajectories=True)),
+                  *_LOCAL_AND_GLOCAL[1:]]
     return [
         RunSpec("fig2", profile, data, _outer(profile, strategy, **options),
                 model="mlp" if profile == "smoke" else "lenet",
@@ -250,38 +280,42 @@ def _fig2(profile: str) -> list[RunSpec]:
 
 def _fig3(profile: str) -> list[RunSpec]:
     if profile == "smoke":
-        datasets = [DataSpec("digits", (32, 32, 3), stands_in_for="cifar10")]
-        model = dict(depth=10, width=1, batch_size=32)
-        overrides = dict(total_steps=60, eval_every=1, **_SMALL_WINDOW)
+        datasets = [DataSpec("fashion_mnist", val_size=1000, stands_in_for="cifar10")]
+        model = dict(model="cnn", width=1)
+        overrides = dict(total_steps=FIG3_SMOKE_STEPS, eval_every=1)
     else:
         datasets = [DataSpec("cifar10"), DataSpec("cifar100")]
-        model, overrides = {}, {}
+        # ℓ̃ over 5,000 images in chunks of 1,000: its gradient needs 44 GiB in one pass.
+        model, overrides = dict(val_chunk=FIG3_VAL_CHUNK), {}
+    model = {"model": "wrn", **model}
     return [
-        RunSpec("fig3", profile, data, _outer(profile, strategy, **overrides), model="wrn",
+        RunSpec("fig3", profile, data, _outer(profile, strategy, **options, **overrides),
                 initial=_sgd_initial(0.1), learn=("learning_rate", "weight_decay"), seed=seed,
                 **model)
         for data in datasets
-        for strategy in ("local", "glocal")
-        for seed in _seeds(profile)
+        for strategy, options in _LOCAL_AND_GLOCAL
+        for seed in _seeds(profile, smoke=2)
     ]
 
 
 def _table2(profile: str) -> list[RunSpec]:
     if profile == "smoke":
-        datasets = [DataSpec("digits", (28, 28, 1), val_size=100, imbalance=f,
+        datasets = [DataSpec("fashion_mnist", val_size=1000, imbalance=f,
                              stands_in_for="cifar10") for f in (50, 100)]
-        model = dict(model="lenet", batch_size=32)
-        overrides = dict(total_steps=100, eval_every=1, **_SMALL_WINDOW)
+        model = dict(model="mlp")
+        overrides = dict(total_steps=TABLE2_SMOKE_STEPS, eval_every=2)
     else:
         datasets = [DataSpec(name, val_size=1000, imbalance=f) for name, f in PAPER_TABLE2]
-        model, overrides = dict(model="wrn"), {}
+        # σ = 80 cotangents pulled back at once through WideResNet-28-2 need 152 GiB.
+        model, overrides = dict(model="wrn"), dict(cotangent_chunk=TABLE2_COTANGENT_CHUNK)
     return [
         RunSpec("table2", profile, data,
-                _outer(profile, strategy, mode="reverse", outer_lr=1e-3, **overrides),
+                _outer(profile, strategy, mode="reverse", outer_lr=1e-3, **options,
+                       **overrides),
                 task="reweighting", seed=seed, **model)
         for data in datasets
-        for strategy in ("local", "glocal")
-        for seed in _seeds(profile)
+        for strategy, options in _LOCAL_AND_GLOCAL
+        for seed in _seeds(profile, smoke=2)
     ]
 
 

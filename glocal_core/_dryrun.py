@@ -3,8 +3,9 @@
 A dry run builds each run's problem exactly as `reproduce` would (the real model, batch,
 validation set, q, forward tangents or reverse mode), compiles every function a window
 calls, reads XLA's memory analysis of each, runs the ones that fit in this device's free
-memory a few times, runs the window itself (tracked, a playout for `global`) for a few
-steps, and fits the DMD. Nothing is cached. What it reports per run:
+memory and are not predicted to be slow (`_unitcost`) a few times, runs the window itself
+(tracked, a playout for `global`) for a few steps, and fits the DMD. Nothing is cached.
+What it reports per run:
 
 - seconds per tracked inner step on this device (compilation excluded, reported apart);
 - peak memory: the data on the device plus the largest compiled function's arguments,
@@ -12,7 +13,8 @@ steps, and fits the DMD. Nothing is cached. What it reports per run:
   reverse mode keeps on the CPU's host-loop path; where XLA gives no analysis, the growth
   of the process' peak RSS while the functions ran;
 - the estimated wall time of the whole run (`estimate_seconds`); a lower bound ("≥") where a
-  function did not fit and could not be timed.
+  function did not fit, or was predicted to take over `max_call_seconds` a call, and was
+  not timed (the note says which and why).
 
 The functions are timed one call at a time, as the CPU's host loop calls them; on an
 accelerator, where a window is one `lax.scan`, the window of τ steps is also compiled as
@@ -37,11 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _hypergrad as hg
-from ._data import NUM_CLASSES, Dataset, DatasetNotPreparedError, Splits, _split, load_dataset
+from ._data import (NUM_CLASSES, Dataset, DatasetNotPreparedError, Splits, _split,
+                    load_dataset, to_device)
 from ._estimators import steady_state
 from ._configs import _SGD_ALL, PAPER_DMD, _sgd_initial
 from ._idx import has_fashion_mnist_idx
 from ._outer import OuterConfig
+from ._unitcost import UnitCost as UnitCost
+from ._unitcost import compiled_bytes, measure_unit
 from . import experiments as ex
 
 # Image shape, training and test examples of each dataset as tensorflow-datasets has them.
@@ -53,15 +58,9 @@ REAL_SHAPES = {
     "cifar100": ((32, 32, 3), 50_000, 10_000),
 }
 _GIB = 2**30
-
-
-class UnitCost(NamedTuple):
-    """One compiled function: compile seconds, XLA's bytes (`None`: no analysis), and
-    seconds per call (`None`: not run, it does not fit)."""
-
-    compile_seconds: float
-    bytes: int | None
-    seconds: float | None
+# A call predicted to take longer is not timed: a CPU's dry run stays in minutes, and on a
+# GPU no call of the paper's runs comes near it.
+MAX_CALL_SECONDS = 20.0
 
 
 class DryRun(NamedTuple):
@@ -157,7 +156,8 @@ def estimate_seconds(config: OuterConfig, cost: dict[str, float], n_val: int,
 
 def _unit_functions(problem, state, phi, key, config: OuterConfig) -> dict:
     """The jitted functions a window of `config` calls, with full-size arguments; the
-    reverse-mode pull-back carries a batch of r = `num_recorded` cotangents."""
+    reverse-mode pull-back carries a batch of r = `num_recorded` cotangents, pulled back
+    `config.cotangent_chunk` at a time, as the window does."""
     units = {"val": (hg._val_loss, (problem, state.params))}
     if config.strategy == "none" or config.mode == "reverse":
         units["plain"] = (hg._plain_step, (problem, state, phi, key))
@@ -167,36 +167,14 @@ def _unit_functions(problem, state, phi, key, config: OuterConfig) -> dict:
         batch = jax.tree.map(lambda a: jnp.zeros((config.num_recorded, *a.shape), a.dtype),
                              hg._differentiable(state))
         units["record"] = (hg._val_cotangent, (problem, state))
-        units[f"pull@{config.num_recorded}"] = (hg._pull_back, (problem, state, phi, key, batch))
+        chunk = config.cotangent_chunk
+        units[f"pull@{config.num_recorded}/{chunk or 'all'}"] = (
+            hg._pull_back, (problem, state, phi, key, batch, chunk))
         return units
     tangents = hg.zero_tangents(state, phi.shape[0])
     units["step"] = (hg._step, (problem, state, tangents, phi, key))
     units["record"] = (hg._record, (problem, state.params, tangents))
     return units
-
-
-def _compiled_bytes(compiled) -> int | None:
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return None
-    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
-
-
-def measure_unit(fn, args, *, repeats: int, budget: int) -> UnitCost:
-    """Compile `fn(*args)` ahead of time, read its memory, and if it fits in `budget` bytes
-    call it `repeats` times (the compiled executable is reused): the fastest call counts."""
-    start = time.perf_counter()
-    nbytes = _compiled_bytes(fn.lower(*args).compile())
-    compile_seconds = time.perf_counter() - start
-    if nbytes is not None and nbytes > budget:
-        return UnitCost(compile_seconds, nbytes, None)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        seconds.append(time.perf_counter() - start)
-    return UnitCost(compile_seconds, nbytes, min(seconds))
 
 
 def window_scan_bytes(problem, state, phi, key, config: OuterConfig) -> int | None:
@@ -208,12 +186,13 @@ def window_scan_bytes(problem, state, phi, key, config: OuterConfig) -> int | No
         lowered = hg._train_scan.lower(problem, state, phi, key, **size)
     elif config.mode == "reverse":
         lowered = hg._track_reverse_scan.lower(problem, state, phi, key, **size,
-                                               num_recorded=config.num_recorded)
+                                               num_recorded=config.num_recorded,
+                                               cotangent_chunk=config.cotangent_chunk)
     else:
         tangents = hg.zero_tangents(state, phi.shape[0])
         lowered = hg._track_forward_scan.lower(problem, state, tangents, phi, key, **size,
                                                num_recorded=config.num_recorded)
-    return _compiled_bytes(lowered.compile())
+    return compiled_bytes(lowered.compile())
 
 
 def _run_window(problem, state, phi, key, config: OuterConfig, steps: int) -> None:
@@ -225,7 +204,7 @@ def _run_window(problem, state, phi, key, config: OuterConfig, steps: int) -> No
     recorded = min(steps, config.num_recorded)
     if config.mode == "reverse":
         window = hg.track_reverse(problem, state, phi, key, num_steps=steps,
-                                  num_recorded=recorded)
+                                  num_recorded=recorded, cotangent_chunk=config.cotangent_chunk)
     else:
         tangents = hg.zero_tangents(state, phi.shape[0])
         window = hg.track_forward(problem, state, tangents, phi, key, num_steps=steps,
@@ -266,10 +245,15 @@ def _problem_key(spec: "ex.RunSpec") -> "ex.RunSpec":
     return dataclasses.replace(spec, experiment="", seed=0, outer=None, data=data)
 
 
-def _dry_run_problem(specs: list, *, steps: int, data_dir) -> list[DryRun]:
+def _dry_run_problem(specs: list, *, steps: int, data_dir,
+                     max_call_seconds: float | None) -> list[DryRun]:
     """Dry-run the runs `specs`, which share one problem (`_problem_key`)."""
     splits, source = dry_splits(specs[0], data_dir)
+    splits = to_device(splits)  # once: the twin below shares the arrays
     problem = ex.build_problem(specs[0], splits=splits)
+    # The same problem with ℓ̃ in one pass: its flops predict the chunked functions' seconds.
+    twin = (problem if specs[0].val_chunk is None else
+            ex.build_problem(dataclasses.replace(specs[0], val_chunk=None), splits=splits))
     data_bytes = sum(a.nbytes for d in (splits.train, splits.val, splits.test) for a in d)
     key = jax.random.key(0)
     state, phi = problem.init(key), jnp.asarray(problem.phi0)
@@ -284,13 +268,18 @@ def _dry_run_problem(specs: list, *, steps: int, data_dir) -> list[DryRun]:
         # Reverse mode on the host loop keeps the window's τ + 1 states.
         kept = state_bytes * (config.tau + 1) if config.mode == "reverse" and hg.host_loop() else 0
         functions = _unit_functions(problem, state, phi, key, config)
-        for name, (fn, args) in functions.items():
+        unchunked = _unit_functions(twin, state, phi, key,
+                                    dataclasses.replace(config, cotangent_chunk=None))
+        for (name, (fn, args)), twin_unit in zip(functions.items(), unchunked.values()):
             if name not in units:
                 budget = int(0.8 * available_bytes()) - kept
-                units[name] = measure_unit(fn, args, repeats=steps, budget=budget)
+                units[name] = measure_unit(fn, args, repeats=steps, budget=budget,
+                                           name=name.split("@")[0], predict_from=twin_unit,
+                                           max_seconds=max_call_seconds)
         mine = {name: units[name] for name in functions}
-        missing = [f"{n} needs {u.bytes / _GIB:.1f} GiB" for n, u in mine.items() if u.seconds is None]
-        kind = (config.strategy in ("none", "global"), config.mode, config.num_recorded)
+        missing = [u.why for u in mine.values() if u.seconds is None]
+        kind = (config.strategy in ("none", "global"), config.mode, config.num_recorded,
+                config.cotangent_chunk)
         if not hg.host_loop() and kind not in scans:
             scans[kind] = window_scan_bytes(problem, state, phi, key, config)
         if not missing and kind not in windows_run:
@@ -309,7 +298,7 @@ def _dry_run_problem(specs: list, *, steps: int, data_dir) -> list[DryRun]:
             sum(u.compile_seconds for u in mine.values()), peak, memory_source,
             available_bytes(), estimate_seconds(config, cost, len(splits.val.labels),
                                                 len(splits.test.labels)),
-            not missing, "does not fit: " + ", ".join(missing) if missing else "",
+            not missing, "; ".join(missing),
         ))
     return rows
 
@@ -329,7 +318,8 @@ def _bench_specs(bench) -> list:
 
 
 def dry_run(name: str, *, steps: int = 2, data_dir=None, progress: bool = True,
-            problems: int | None = None) -> list[DryRun]:
+            problems: int | None = None,
+            max_call_seconds: float | None = MAX_CALL_SECONDS) -> list[DryRun]:
     """Dry-run every run of experiment `name` at the `full` profile; cache nothing.
 
     **Arguments:**
@@ -341,6 +331,9 @@ def dry_run(name: str, *, steps: int = 2, data_dir=None, progress: bool = True,
     - `progress`: print one line per problem as it is built.
     - `problems`: dry-run only the runs of the first this many distinct problems (all if
       `None`), e.g. one WideResNet of each experiment where CI time is short.
+    - `max_call_seconds`: a function predicted to take longer a call (XLA's flops over the
+      device's matmul rate, `_unitcost`) is compiled, not timed; its row says so and its
+      hours are a lower bound. `None`: time every function that fits.
 
     **Returns:** one `DryRun` per run, in the experiment's order.
     """
@@ -358,8 +351,8 @@ def dry_run(name: str, *, steps: int = 2, data_dir=None, progress: bool = True,
         if progress:
             print(f"  dry-running {members[0].label} (+{len(members) - 1} runs like it)",
                   flush=True)
-        rows.update({r.label: r for r in _dry_run_problem(members, steps=steps,
-                                                          data_dir=data_dir)})
+        rows.update({r.label: r for r in _dry_run_problem(
+            members, steps=steps, data_dir=data_dir, max_call_seconds=max_call_seconds)})
         jax.clear_caches()  # as `run` does: each problem's executables are of no further use
         gc.collect()
     return [rows[spec.label] for spec in specs]

@@ -9,8 +9,11 @@ One step is a `vmap` over the q hyperparameters of a `jvp` of Θ; the primal is 
 so it is computed once. Cost per step ≈ (1 + q) steps, memory O(p·q) — the paper's choice.
 
 Reverse mode differentiates the σ recorded validation losses of a window with respect to φ
-(`jax.jacrev`, σ cotangents through one checkpointed scan): cost ≈ σ backward passes,
-independent of q, so it wins for many hyperparameters (the 385 of data reweighting).
+(one `jax.vjp` through a checkpointed scan, its σ basis cotangents pulled back): cost ≈ σ
+backward passes, independent of q, so it wins for many hyperparameters (the 385 of data
+reweighting). `cotangent_chunk` pulls them back that many at a time (`_chunked_vmap`), so a
+pull-back holds one chunk's activations, not σ's; the host loop runs each step's forward once
+for all chunks, the scan recomputes its checkpointed steps once per chunk.
 
 Both start from Z = 0 at the window start (Eq. 12: "Z_1 is zero"): φ_s acts only from there.
 
@@ -164,12 +167,17 @@ def track_reverse(
     *,
     num_steps: int,
     num_recorded: int,
+    cotangent_chunk: int | None = None,
 ) -> Window:
-    """The same window and hypergradients as `track_forward` from Z = 0, by reverse mode."""
+    """The same window and hypergradients as `track_forward` from Z = 0, by reverse mode.
+
+    `cotangent_chunk`: cotangents pulled back at once (`None`: all σ), which bounds the
+    pull-back's memory by one chunk's activations; the numbers are the same.
+    """
     _check_window(num_steps, num_recorded)
     if not host_loop():
         return _track_reverse_scan(problem, state, phi, key, num_steps=num_steps,
-                                   num_recorded=num_recorded)
+                                   num_recorded=num_recorded, cotangent_chunk=cotangent_chunk)
     keys = jax.random.split(key, num_steps)
     states, losses = [state], []
     for k in keys:
@@ -183,7 +191,8 @@ def track_reverse(
     for t in range(num_steps, 0, -1):  # pull back through step t: x_{t−1} → x_t
         if t > skip:
             cotangents = _add_row(cotangents, _val_cotangent(problem, states[t]), t - skip - 1)
-        cotangents, d_phi = _pull_back(problem, states[t - 1], phi, keys[t - 1], cotangents)
+        cotangents, d_phi = _pull_back(problem, states[t - 1], phi, keys[t - 1], cotangents,
+                                       chunk=cotangent_chunk)
         hs = hs + d_phi
     return Window(states[-1], None, hs, jnp.stack(losses))
 
@@ -204,20 +213,40 @@ def _add_row(batch, row, index):
     return jax.tree.map(lambda b, r: b.at[index].add(r), batch, row)
 
 
-@functools.partial(jax.jit, static_argnames="problem")
-def _pull_back(problem, state, phi, key, cotangents):
-    """Cotangents of x_t (a batch of σ) → those of x_{t−1} and of φ, through step t."""
+def _chunked_vmap(fn, xs, chunk: int | None):
+    """`vmap(fn)(xs)` computed `chunk` rows at a time (`None`: all at once): one `lax.map`
+    over the full chunks, then a `vmap` of the rest (what `lax.map`'s `batch_size` does,
+    written out so that no jax release newer than the lower bound is needed)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if chunk is None or chunk >= n:
+        return jax.vmap(fn)(xs)
+    full = n - n % chunk
+    head = jax.tree.map(lambda a: a[:full].reshape(full // chunk, chunk, *a.shape[1:]), xs)
+    out = jax.tree.map(lambda a: a.reshape(full, *a.shape[2:]),
+                       jax.lax.map(jax.vmap(fn), head))
+    if full == n:
+        return out
+    rest = jax.vmap(fn)(jax.tree.map(lambda a: a[full:], xs))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, rest)
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "chunk"))
+def _pull_back(problem, state, phi, key, cotangents, chunk=None):
+    """Cotangents of x_t (a batch of σ) → those of x_{t−1} and of φ, through step t; `chunk`
+    of them at a time (`None`: all), through one forward of the step."""
     diff, static = eqx.partition(state, eqx.is_inexact_array)
 
     def step(diff, phi):
         return _differentiable(problem.step(eqx.combine(diff, static), phi, key)[0])
 
     _, pull = jax.vjp(step, diff, phi)
-    return jax.vmap(pull)(cotangents)
+    return _chunked_vmap(pull, cotangents, chunk)
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "num_steps", "num_recorded"))
-def _track_reverse_scan(problem, state, phi, key, *, num_steps, num_recorded):
+@functools.partial(jax.jit, static_argnames=("problem", "num_steps", "num_recorded",
+                                             "cotangent_chunk"))
+def _track_reverse_scan(problem, state, phi, key, *, num_steps, num_recorded,
+                        cotangent_chunk=None):
     keys = jax.random.split(key, num_steps)
     skip = num_steps - num_recorded
 
@@ -226,15 +255,21 @@ def _track_reverse_scan(problem, state, phi, key, *, num_steps, num_recorded):
         def advance(state, k):
             return problem.step(state, phi, k)
 
+        # ℓ̃ is rematerialised too: otherwise the scan keeps its activations over the whole
+        # validation set for each of the σ recorded steps until the backward pass.
+        val_loss = jax.checkpoint(problem.val_loss)
+
         def advance_and_record(state, k):
             state, loss = advance(state, k)
-            return state, (loss, problem.val_loss(state.params))
+            return state, (loss, val_loss(state.params))
 
         mid, losses_a = jax.lax.scan(advance, state, keys[:skip])
         end, (losses_b, vals) = jax.lax.scan(advance_and_record, mid, keys[skip:])
         return vals, (end, jnp.concatenate([losses_a, losses_b]))
 
-    hs, (end, losses) = jax.jacrev(recorded_val_losses, has_aux=True)(phi)
+    vals, pull, (end, losses) = jax.vjp(recorded_val_losses, phi, has_aux=True)
+    basis = jnp.eye(num_recorded, dtype=vals.dtype).reshape(num_recorded, *vals.shape)
+    (hs,) = _chunked_vmap(pull, basis, cotangent_chunk)
     return Window(end, None, hs.reshape(num_recorded, phi.shape[0]), losses)
 
 
@@ -309,22 +344,26 @@ def warm_up(
     num_recorded: int,
     mode: str | None,
     playouts: bool = False,
+    cotangent_chunk: int | None = None,
 ) -> None:
     """Compile what a window (and a playout) will run, so that timings exclude compilation.
 
     `mode` is `"forward"`, `"reverse"` or `None` (untracked). Scans are compiled ahead of
     time; on the host-loop path one step of each jitted function runs and is discarded, and
     so do the small operations around the steps at the window's shapes (`_warm_host_loop`).
+    `cotangent_chunk` is reverse mode's, as for `track_reverse`.
     """
     if mode == "reverse":
         if not host_loop():
             _track_reverse_scan.lower(problem, state, phi, key, num_steps=num_steps,
-                                      num_recorded=num_recorded).compile()
+                                      num_recorded=num_recorded,
+                                      cotangent_chunk=cotangent_chunk).compile()
             return
         stepped, loss = jax.block_until_ready(_plain_step(problem, state, phi, key))
         row = _val_cotangent(problem, stepped)
         batch = jax.tree.map(lambda a: jnp.zeros((num_recorded, *a.shape), a.dtype), row)
-        jax.block_until_ready(_pull_back(problem, state, phi, key, _add_row(batch, row, 0)))
+        jax.block_until_ready(_pull_back(problem, state, phi, key, _add_row(batch, row, 0),
+                                         chunk=cotangent_chunk))
         _warm_host_loop(key, loss, jnp.zeros_like(phi), num_steps, num_recorded)
         return
     tangents = zero_tangents(state, phi.shape[0])

@@ -71,6 +71,10 @@ class OuterConfig:
       is the paper's Eq. 14.
     - `keep_trajectories`: keep the σ hypergradients of every window (`glocal`, `global`) in
       `OuterResult.trajectories`, to re-fit the DMD afterwards with other settings.
+    - `cotangent_chunk`: cotangents pulled back at once in reverse mode (`None`: all σ). The
+      hypergradients are the same; a pull-back holds one chunk's activations instead of σ's
+      (table2's WideResNet at `full`: see `_configs`). Not part of a run's cache key when
+      `None`.
     """
 
     strategy: str = "glocal"
@@ -84,6 +88,7 @@ class OuterConfig:
     reset_tangents: bool = True
     dmd: DMDSettings = DMD_DEFAULTS
     keep_trajectories: bool = False
+    cotangent_chunk: int | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -113,6 +118,11 @@ class OuterConfig:
             raise ValueError(f"dmd.method={self.dmd.method!r}: choose one of {METHODS}.")
         if self.eval_every < 1:
             raise ValueError(f"eval_every={self.eval_every}: must be >= 1.")
+        chunk = self.cotangent_chunk
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool)
+                                  or chunk < 1):
+            raise ValueError(f"cotangent_chunk={chunk!r}: a positive int (cotangents pulled "
+                             "back at once in reverse mode), or None for all sigma.")
 
     @property
     def num_windows(self) -> int:
@@ -312,7 +322,10 @@ def _history(problem: BilevelProblem, config: OuterConfig, records: list[WindowR
 
 
 def _fingerprint(problem: BilevelProblem, config: OuterConfig, key: PRNGKeyArray) -> dict:
-    return {"config": dataclasses.asdict(config), "names": problem.space.names,
+    # cotangent_chunk=None is left out, so that checkpoints written before it existed resume.
+    fields = {k: v for k, v in dataclasses.asdict(config).items()
+              if not (k == "cotangent_chunk" and v is None)}
+    return {"config": fields, "names": problem.space.names,
             "key": np.asarray(jax.random.key_data(key)).tolist()}
 
 

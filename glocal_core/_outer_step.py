@@ -126,7 +126,8 @@ def _window(problem, config: "OuterConfig", carry: OuterState, tangents) -> Wind
         return train_window(*args, carry.phi, key, num_steps=config.tau)
     if config.mode == "reverse":
         return track_reverse(*args, carry.phi, key, num_steps=config.tau,
-                             num_recorded=config.num_recorded)
+                             num_recorded=config.num_recorded,
+                             cotangent_chunk=config.cotangent_chunk)
     return track_forward(*args, tangents, carry.phi, key, num_steps=config.tau,
                          num_recorded=config.num_recorded)
 
@@ -222,7 +223,7 @@ def compile_step(problem: BilevelProblem, config: "OuterConfig", carry: OuterSta
     warm_up(problem, carry.inner, carry.phi, carry.data_key, num_steps=config.tau,
             num_recorded=config.num_recorded,
             mode=None if config.strategy == "none" else config.mode,
-            playouts=config.strategy == "global")
+            playouts=config.strategy == "global", cotangent_chunk=config.cotangent_chunk)
     params = carry.inner.params
     jax.block_until_ready((_evaluate(problem, params), _val_loss(problem, params)))
     return time.perf_counter() - start

@@ -31,6 +31,7 @@ from ._configs import BENCH_VERSION as BENCH_VERSION
 from ._configs import CACHE_VERSION as CACHE_VERSION
 from ._configs import DESCRIPTIONS as DESCRIPTIONS
 from ._configs import EXPERIMENTS as EXPERIMENTS
+from ._configs import PAPER_FIG3 as PAPER_FIG3
 from ._configs import PAPER_TABLE2 as PAPER_TABLE2
 from ._configs import PAPER_DMD as PAPER_DMD
 from ._configs import PAPER_TABLE3 as PAPER_TABLE3
@@ -45,7 +46,7 @@ from ._configs import profile_from_env as profile_from_env
 from ._data import NUM_CLASSES, Splits, load_dataset, to_device
 from ._hyperparams import adam, sgd
 from ._io import load_pickle, save_pickle
-from ._models import MLP, LeNet, MetaMLP, WideResNet
+from ._models import MLP, LeNet, MetaMLP, SmallCNN, WideResNet
 from ._outer import OuterResult, run_outer
 from ._problems import BilevelProblem, classification_problem, reweighting_problem
 
@@ -84,18 +85,21 @@ def build_problem(spec: RunSpec, *, data_dir: str | os.PathLike | None = None,
                       num_classes=num_classes)
     elif spec.model == "mlp":
         model = MLP(key=model_key, in_features=int(np.prod(shape)), num_classes=num_classes)
+    elif spec.model == "cnn":
+        model = SmallCNN(key=model_key, width=spec.width, in_channels=shape[-1],
+                         image_size=shape[0], num_classes=num_classes)
     elif spec.model == "wrn":
         model = WideResNet(spec.depth, spec.width, key=model_key, num_classes=num_classes,
                            in_channels=shape[-1])
     else:
-        raise ValueError(f"Unknown model {spec.model!r}: choose 'lenet', 'mlp' or 'wrn'.")
+        raise ValueError(f"Unknown model {spec.model!r}: choose 'lenet', 'mlp', 'cnn' or 'wrn'.")
     if spec.task == "reweighting":
         return reweighting_problem(model, MetaMLP(key=meta_key), train, val, test,
-                                   batch_size=spec.batch_size)
+                                   batch_size=spec.batch_size, val_chunk=spec.val_chunk)
     factory = {"sgd": sgd, "adam": adam}[spec.optimizer]
     optimizer = factory(**dict(spec.initial), learn=spec.learn)
     return classification_problem(model, train, val, test, optimizer,
-                                  batch_size=spec.batch_size)
+                                  batch_size=spec.batch_size, val_chunk=spec.val_chunk)
 
 
 def result_path(spec: RunSpec, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -20,6 +20,7 @@ from ._estimators import DEFAULT_METHOD, METHODS, timed_steady_state
 from ._outer import OuterResult
 from .experiments import Experiment, RunSpec
 from .quality import cosine_similarity, relative_error
+from .results import estimator_title
 
 # Simplest first: on a tie the earlier one is chosen.
 SIMPLICITY = ("local", "mean", "affine", "rre", "paper", "fbdmd", "tlsdmd")
@@ -179,14 +180,16 @@ def summary_lines(rows: Sequence[Mapping], default: str = DEFAULT_METHOD, *,
         paper, local, mean = (row(recording, k) for k in ("paper", "local", "mean"))
         best = row(recording, best_estimator(rows, recording))
         lines.append(
-            f"{recording}: closest to h_T: {best['estimator']} (median error "
+            f"{recording}: closest to h_T: {best['estimator']} "
+            f"({estimator_title(best['estimator'])}, median error "
             f"{best['median error']:.3g}, {best['median error'] / local['median error']:.2f}x "
             f"local's; closer than local in {best['beats local']:.1%} of windows). The paper's "
-            f"rule: median error {paper['median error']:.3g} against local "
+            f"rule ({estimator_title('paper')}): median error {paper['median error']:.3g} "
+            f"against local "
             f"{local['median error']:.3g} and the window mean {mean['median error']:.3g}, closer "
             f"than local in {paper['beats local']:.0%} of windows, falls back in "
             f"{paper['fallback rate']:.0%}.")
-    lines.append(f"the library's default estimator: {default}")
+    lines.append(f"the library's default estimator: {default} ({estimator_title(default)})")
     for recording in ("all, Z reset", "all, Z carried"):
         chosen, local = row(recording, default), row(recording, "local")
         ratio, share = chosen["median error"] / local["median error"], chosen["beats local"]

@@ -5,7 +5,8 @@ experiment's results with `load(name, profile)`, which says whether they came fr
 cache or were computed now. Then:
 
 - `group_runs` sorts them into the paper's panels (`Panel`: data, task, model) and
-  strategies, seeds in a list;
+  strategies, seeds in a list, keyed by `RunSpec.strategy_key`; `strategy_title` is what a
+  reader sees for a key (glocal with the name of its estimator, e.g. `glocal (Eq. 14)`);
 - `hyperparameter_curve`, `accuracy_curve`, `loss_curve` and `weighting_curve` reduce a
   strategy's runs to a `Curve`, mean ± std over seeds;
 - `final` reduces them to a `Final`: the outcome the tables print.
@@ -35,7 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _estimators
 from . import experiments as ex
+from ._bench import METHOD as BENCHMARK_METHOD
 from ._models import MetaMLP
 from ._outer import OuterResult
 from ._problems import meta_network
@@ -59,6 +62,46 @@ HYPERPARAMETER_TITLES = {
     "b2": "Adam β2",
 }
 STRATEGY_ORDER = ("none", "local", "global", "glocal", "glocal-paper")
+# How a reader is told each steady-state estimator (`_estimators.METHODS`) apart.
+ESTIMATOR_TITLES = {
+    "paper": "Eq. 14",
+    "mean": "window mean",
+    "local": "last row",
+    "fbdmd": "forward-backward DMD",
+    "tlsdmd": "total-least-squares DMD",
+    "affine": "affine fixed point",
+    "rre": "reduced-rank extrapolation",
+}
+
+
+def estimator_title(method: str) -> str:
+    """How captions name an estimator of `_estimators.METHODS`: `paper` → `Eq. 14`, `mean` →
+    `window mean`; an unknown method keeps its name."""
+    return ESTIMATOR_TITLES.get(method, method)
+
+
+def strategy_title(key: str) -> str:
+    """What a legend, table or caption shows for a strategy key (`RunSpec.strategy_key`):
+    glocal names its estimator, so that the library's default is never taken for the paper's.
+
+    `glocal` → `"glocal (window mean)"` while `_estimators.DEFAULT_METHOD` is `mean` (read at
+    each call, so the title follows the default), `glocal-paper` → `"glocal (Eq. 14)"`,
+    `glocal-<method>` → `"glocal (<estimator_title(method)>)"`; `none`, `local`, `global` and
+    other keys unchanged.
+    """
+    if key == "glocal":
+        method = _estimators.DEFAULT_METHOD
+    elif key.startswith("glocal-"):
+        method = key.removeprefix("glocal-")
+    else:
+        return key
+    return f"glocal ({estimator_title(method)})"
+
+
+def benchmark_title(key: str) -> str:
+    """`strategy_title` of a strategy of Table 3's benchmark report, whose `glocal` runs the
+    benchmark's estimator (`_bench.METHOD`, the paper's Eq. 14) whatever the default is."""
+    return strategy_title(f"glocal-{BENCHMARK_METHOD}" if key == "glocal" else key)
 
 
 def dataset_title(name: str) -> str:
@@ -304,3 +347,24 @@ def weighting_curve(runs: Sequence[OuterResult], losses, *, window: int = -1) ->
     losses = np.asarray(losses)
     weights = [weighting_function(r.phi[window])(losses) for r in runs if len(r.phi)]
     return over_seeds([losses] * len(weights), weights)
+
+
+class UpdateRatios(NamedTuple):
+    """How far a glocal run's updates moved from its local hypergradients, for one
+    hyperparameter: `used` windows stepped with the estimate (of `windows`), and `ratios`
+    holds |ĥ∞| / |h_τ| in those windows."""
+
+    used: int
+    windows: int
+    ratios: np.ndarray
+
+
+def update_ratios(runs: Sequence[OuterResult], name: str) -> UpdateRatios:
+    """`UpdateRatios` of hyperparameter `name` pooled over `runs` (the seeds of a glocal
+    strategy): the estimate each window stepped with against the local h_τ of the same window."""
+    used, windows, ratios = 0, 0, []
+    for r in runs:
+        column, kept = r.names.index(name), ~np.asarray(r.fallback, bool)
+        used, windows = used + int(kept.sum()), windows + len(kept)
+        ratios.append(np.abs(r.hypergradient[kept, column] / r.local_hypergradient[kept, column]))
+    return UpdateRatios(used, windows, np.concatenate(ratios) if ratios else np.zeros(0))

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._outer import OuterResult
-from .experiments import PAPER_TABLE2, PAPER_TABLE3, Experiment
+from .experiments import NUM_CLASSES, PAPER_TABLE2, PAPER_TABLE3, Experiment
 from .quality import QualitySummary
 from .spectra import DMDGridRow, SpectraRow
 from .results import (
@@ -20,10 +20,15 @@ from .results import (
     STRATEGY_ORDER,
     TASK_TITLES,
     Panel,
+    benchmark_title,
     dataset_title,
     describe_data,
+    estimator_title,
     final,
     provenance,
+    strategy_title,
+    update_ratios,
+    weighting_curve,
 )
 
 
@@ -79,14 +84,16 @@ def plus_minus(mean: float, std: float, n: int, digits: int = 3) -> str:
 
 def estimator_usage(runs: Sequence[OuterResult]) -> str:
     """How often the runs' estimator stepped with its own estimate, and why it fell back
-    elsewhere, e.g. `"paper: its estimate in 53 of 80 windows (66%) over 2 run(s); ..."`."""
+    elsewhere, e.g. `"paper (Eq. 14): its estimate in 53 of 80 windows (66%) over 2 run(s);
+    ..."`."""
     fell, windows = sum(int(np.sum(r.fallback)) for r in runs), sum(len(r.fallback) for r in runs)
     kinds: dict[str, int] = {}
     for kind in (k for r in runs for k in r.fallback_reason if k):
         kinds[kind] = kinds.get(kind, 0) + 1
-    return (f"{runs[0].config.dmd.method}: its estimate in {windows - fell} of {windows} windows "
-            f"({(windows - fell) / max(windows, 1):.0%}) over {len(runs)} run(s); fell back in "
-            f"{fell}: {kinds or 'no fallbacks'}")
+    method = runs[0].config.dmd.method
+    return (f"{method} ({estimator_title(method)}): its estimate in {windows - fell} of "
+            f"{windows} windows ({(windows - fell) / max(windows, 1):.0%}) over {len(runs)} "
+            f"run(s); fell back in {fell}: {kinds or 'no fallbacks'}")
 
 
 def setup_table(exp: Experiment) -> Table:
@@ -106,7 +113,7 @@ def setup_table(exp: Experiment) -> Table:
             describe_data(spec.data), spec.model_title, inner, [], [],
             f"{o.total_steps} / {o.tau} / {o.sigma} / {o.m}", f"{o.outer_lr:g}",
             str(spec.batch_size)])
-        for i, value in ((3, spec.strategy_key), (4, str(spec.seed))):
+        for i, value in ((3, strategy_title(spec.strategy_key)), (4, str(spec.seed))):
             if value not in row[i]:
                 row[i].append(value)
     columns = ("data", "model", "inner optimizer (* learned)", "strategies", "seeds",
@@ -131,7 +138,7 @@ def summary_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *
                                      for n, v, s in zip(names, f.hyperparameters,
                                                         f.hyperparameters_std)))
             dmd = f"{f.fallbacks}/{f.windows}" if strategy.startswith(("glocal", "global")) else ""
-            rows.append((panel.title, strategy, f"{f.finished}/{f.runs}",
+            rows.append((panel.title, strategy_title(strategy), f"{f.finished}/{f.runs}",
                          plus_minus(f.accuracy_mean, f.accuracy_std, f.finished),
                          values, dmd, f"{f.seconds:.1f}"))
     columns = ("data", "strategy", "finished", "final test accuracy", "final hyperparameters",
@@ -140,45 +147,74 @@ def summary_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *
 
 
 def runs_table(exp: Experiment, results: Mapping[str, OuterResult]) -> Table:
-    """One row per run of `exp` in `results` (what `reproduce` prints): windows, final test
-    accuracy and hyperparameters (`results.final` of the run alone), estimator fallbacks,
-    seconds, and why it stopped early if it did."""
+    """One row per run of `exp` in `results` (what `reproduce` prints): its strategy (with
+    glocal's estimator), windows, final test accuracy and hyperparameters (`results.final` of
+    the run alone), estimator fallbacks, seconds, and why it stopped early if it did."""
     rows = []
-    for label, r in ((s.label, results[s.label]) for s in exp.runs if s.label in results):
+    for spec in (s for s in exp.runs if s.label in results):
+        label, r = spec.label, results[spec.label]
         f = final([r])
         values = ("" if not r.names or r.names[0].startswith("meta_") else ", ".join(
             f"{n} {v:.4g}" for n, v in zip(r.names, f.hyperparameters)))
         dmd = f"{f.fallbacks}/{f.windows}" if r.config.strategy in ("glocal", "global") else ""
-        rows.append((label, str(f.windows), plus_minus(f.accuracy_mean, 0.0, f.finished, 4),
+        rows.append((label, strategy_title(spec.strategy_key), str(f.windows),
+                     plus_minus(f.accuracy_mean, 0.0, f.finished, 4),
                      values, dmd, f"{f.seconds:.1f}", r.stopped))
-    return Table(("run", "windows", "final test accuracy", "final hyperparameters",
+    return Table(("run", "strategy", "windows", "final test accuracy", "final hyperparameters",
                   "fallbacks", "seconds", "stopped"), tuple(rows), provenance(exp))
+
+
+# The strategies that Table 2 compares, ours in this order; the paper's glocal is Eq. 14.
+TABLE2_STRATEGIES = ("local", "glocal", "glocal-paper")
+PAPER_GLOCAL = "glocal-paper"
+
+
+def points(a: float, b: float) -> str:
+    """`a − b` in percentage points of accuracy, e.g. `"+19.5"`; `"–"` where either is NaN."""
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return "–"
+    return f"{round(100 * (a - b), 1) + 0.0:+.1f}"  # + 0.0: no "-0.0" for a gap that rounds to 0
 
 
 def table2(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *,
            caption: str = "") -> Table:
-    """The paper's Table 2 beside ours: final test accuracy of local and glocal per
-    (dataset, imbalance factor), ours mean ± std over the finished seeds."""
+    """The paper's Table 2 beside ours, one row per (dataset, imbalance factor): final test
+    accuracy of each strategy of `TABLE2_STRATEGIES` that ran (ours mean ± std over the
+    finished seeds, glocal titled with its estimator), each glocal's difference to local in
+    percentage points, then the paper's local and glocal (Eq. 14) and their difference."""
+    ours = [s for s in TABLE2_STRATEGIES if any(s in runs for runs in groups.values())]
+    glocals = [s for s in ours if s != "local"]
+    paper_title = strategy_title(PAPER_GLOCAL)
     rows = []
     for panel, runs in groups.items():
-        ours = {s: final(runs[s]) for s in ("local", "glocal") if s in runs}
-        cell = {s: plus_minus(f.accuracy_mean, f.accuracy_std, f.finished) for s, f in ours.items()}
+        finals = {s: final(runs[s]) for s in ours if s in runs}
+        mean = {s: finals[s].accuracy_mean if s in finals else np.nan for s in ours}
         paper = PAPER_TABLE2.get((panel.data.paper_name, panel.data.imbalance), (np.nan,) * 2)
-        rows.append((describe_data(panel.data), cell.get("local", "–"), cell.get("glocal", "–"),
-                     f"{dataset_title(panel.data.paper_name)} / {panel.data.imbalance:g}",
-                     *(f"{v:.3f}" if np.isfinite(v) else "–" for v in paper),
-                     str(max(len(v) for v in runs.values()))))
-    columns = ("our data", "ours: local", "ours: glocal", "paper: dataset / f",
-               "paper: local", "paper: glocal", "seeds")
+        rows.append((
+            describe_data(panel.data),
+            *(plus_minus(f.accuracy_mean, f.accuracy_std, f.finished) if (f := finals.get(s))
+              else "–" for s in ours),
+            *(points(mean[s], mean.get("local", np.nan)) for s in glocals),
+            f"{dataset_title(panel.data.paper_name)} / {panel.data.imbalance:g}",
+            *(f"{v:.3f}" if np.isfinite(v) else "–" for v in paper),
+            points(paper[1], paper[0]),
+            str(max(len(v) for v in runs.values())),
+        ))
+    columns = ("our data", *(f"ours: {strategy_title(s)}" for s in ours),
+               *(f"ours: {strategy_title(s)} − local (points)" for s in glocals),
+               "paper: dataset / f", "paper: local", f"paper: {paper_title}",
+               f"paper: {paper_title} − local (points)", "seeds")
     return Table(columns, tuple(rows), caption)
 
 
 def runtime_table(report: Mapping, *, caption: str = "") -> Table:
     """Table 3 beside ours: seconds per strategy and their ratio to plain training (`none`),
-    from the benchmark report of `results.load("table3")`."""
+    from the benchmark report of `results.load("table3")`; glocal runs the paper's Eq. 14,
+    as in the paper, and is titled so (`results.benchmark_title`)."""
     ours, paper = report["seconds"], PAPER_TABLE3
-    rows = tuple((s, f"{ours[s]:.2f}", f"{ours[s] / ours['none']:.2f}", f"{paper[s]:.1f}",
-                  f"{paper[s] / paper['none']:.2f}") for s in STRATEGY_ORDER if s in ours)
+    rows = tuple((benchmark_title(s), f"{ours[s]:.2f}", f"{ours[s] / ours['none']:.2f}",
+                  f"{paper[s]:.1f}", f"{paper[s] / paper['none']:.2f}")
+                 for s in STRATEGY_ORDER if s in ours)
     return Table(("strategy", "ours: seconds", "ours: × none", "paper: seconds",
                   "paper: × none"), rows, caption)
 
@@ -191,8 +227,8 @@ def runtime_ratios(report: Mapping) -> Table:
     for a, b in (("glocal", "local"), ("global", "glocal"), ("glocal", "none")):
         predicted = (f"{report['predicted_global/glocal']:.2f}" if (a, b) == ("global", "glocal")
                      else "")
-        rows.append((f"{a} / {b}", f"{ours[a] / ours[b]:.2f}", predicted,
-                     f"{paper[a] / paper[b]:.2f}"))
+        rows.append((f"{benchmark_title(a)} / {benchmark_title(b)}", f"{ours[a] / ours[b]:.2f}",
+                     predicted, f"{paper[a] / paper[b]:.2f}"))
     return Table(("ratio", "ours", "ours: step-count prediction", "paper"), tuple(rows))
 
 
@@ -209,16 +245,22 @@ def dmd_grid_table(rows: Sequence[DMDGridRow], *, caption: str = "") -> Table:
 
 
 def quality_table(summaries: Mapping[str, tuple[QualitySummary, tuple[float, float]]],
-                  caption: str = "") -> Table:
+                  caption: str = "", *, strategy: str = "glocal-paper") -> Table:
     """Local and glocal against h_T, one row per run: `{name: (summary, (low, high))}`, the
-    interval a bootstrap interval of the rate at which glocal was closer."""
+    interval a bootstrap interval of the rate at which glocal was closer.
+
+    `strategy`: the key whose estimate the summaries scored, for the headers: `glocal-paper`
+    (Eq. 14) for `quality.estimate_quality(..., delta=)` and other re-fits, the global runs'
+    own (`glocal` for the default estimator) for the estimates they recorded."""
     rows = tuple((name, str(s.windows), f"{s.median_cosine_local:.3f}",
                   f"{s.median_cosine_glocal:.3f}", f"{s.median_error_local:.3g}",
                   f"{s.median_error_glocal:.3g}", f"{s.closer:.2f} [{low:.2f}, {high:.2f}]",
                   f"{s.tie:.2f}", f"{s.farther:.2f}")
                  for name, (s, (low, high)) in summaries.items())
-    return Table(("run", "outer steps", "cos local", "cos glocal", "err local", "err glocal",
-                  "glocal closer", "tie (fallback)", "glocal farther"), rows, caption)
+    glocal = strategy_title(strategy)
+    return Table(("run", "outer steps", "cos local", f"cos {glocal}", "err local",
+                  f"err {glocal}", f"{glocal} closer", "tie (fallback)", f"{glocal} farther"),
+                 rows, caption)
 
 
 def spectra_table(rows: Mapping[str, SpectraRow], caption: str = "") -> Table:
@@ -230,3 +272,92 @@ def spectra_table(rows: Mapping[str, SpectraRow], caption: str = "") -> Table:
                f"{r.other_fallback:.2f}", f"{r.radius_above_one:.2f}",
                f"{r.spectral_radius.max():.3f}") for name, r in rows.items()),
         caption)
+
+
+def gap_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]], *,
+              paper: Mapping[str, str] | None = None, caption: str = "") -> Table:
+    """One row per panel and strategy: final test accuracy (mean ± std over the finished
+    seeds) and, for each glocal, its gain over local in percentage points; `paper` maps the
+    dataset a panel reproduces or stands in for to what the paper reports for its glocal
+    (Eq. 14), shown on that strategy's row (e.g. `experiments.PAPER_FIG3`)."""
+    rows = []
+    for panel, runs in groups.items():
+        local = final(runs["local"]).accuracy_mean if "local" in runs else np.nan
+        for strategy, results in runs.items():
+            f = final(results)
+            gain = points(f.accuracy_mean, local) if strategy.startswith("glocal") else ""
+            said = (paper or {}).get(panel.data.paper_name, "–") if strategy == PAPER_GLOCAL else ""
+            rows.append((panel.title, strategy_title(strategy),
+                         plus_minus(f.accuracy_mean, f.accuracy_std, f.finished), gain, said))
+    return Table(("data", "strategy", "final test accuracy", "− local (points)", "paper"),
+                 tuple(rows), caption)
+
+
+def update_ratio_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]],
+                       name: str = "learning_rate") -> Table:
+    """Per panel and glocal strategy: in how many windows the run stepped with its estimate,
+    and |ĥ∞| / |h_τ| for hyperparameter `name` there (`results.update_ratios`)."""
+    rows = []
+    for panel, runs in groups.items():
+        for strategy in (s for s in runs if s.startswith("glocal")):
+            u = update_ratios(runs[strategy], name)
+            spread = (f"{np.median(u.ratios):.3g} [{u.ratios.min():.3g}, {u.ratios.max():.3g}]"
+                      if u.ratios.size else "–")
+            rows.append((panel.title, strategy_title(strategy), f"{u.used} of {u.windows}",
+                         spread))
+    title = HYPERPARAMETER_TITLES.get(name, name)
+    return Table(("data", "strategy", "windows with the estimate",
+                  f"|estimate| / |h_τ|, {title}: median [range]"), tuple(rows))
+
+
+def reweighting_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]]) -> Table:
+    """Per panel and strategy of a reweighting experiment: final test accuracy and the
+    weighted training loss of the last window, mean over seeds."""
+    rows = []
+    for panel, runs in groups.items():
+        for strategy, results in runs.items():
+            f = final(results)
+            loss = np.mean([r.train_loss[-1] for r in results])
+            rows.append((panel.title, strategy_title(strategy),
+                         plus_minus(f.accuracy_mean, f.accuracy_std, f.finished), f"{loss:.3g}"))
+    return Table(("data", "strategy", "final test accuracy", "weighted train loss, last window"),
+                 tuple(rows))
+
+
+def weighting_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]]) -> Table:
+    """Per panel and strategy of a reweighting experiment: the learned weight μ_φ(L) at
+    L = 0.1, ln C and 2 ln C (C classes), initially and in the last window (mean over
+    seeds), and the largest |φ − φ_local| in the last window."""
+    rows = []
+    for panel, runs in groups.items():
+        log_c = np.log(NUM_CLASSES.get(panel.data.name, 10))
+        losses = np.array([0.1, log_c, 2 * log_c])
+        for strategy, results in runs.items():
+            gap = (max(np.abs(a.phi[-1] - b.phi[-1]).max()
+                       for a, b in zip(results, runs["local"]))
+                   if strategy != "local" and "local" in runs else None)
+            rows.append((panel.title, strategy_title(strategy),
+                         " / ".join(f"{w:.3g}" for w in weighting_curve(results, losses,
+                                                                        window=0).mean),
+                         " / ".join(f"{w:.3g}" for w in weighting_curve(results, losses).mean),
+                         "" if gap is None else f"{gap:.3g}"))
+    return Table(("data", "strategy", "μ(0.1) / μ(ln C) / μ(2 ln C): initial", "last window",
+                  "max |φ − φ_local|, last window"), tuple(rows))
+
+
+def fallback_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]]) -> Table:
+    """Per panel and glocal strategy: in how many windows its estimator stepped with its own
+    estimate, and why it fell back to the local hypergradient elsewhere (over all seeds)."""
+    rows = []
+    for panel, runs in groups.items():
+        for strategy, results in ((s, r) for s, r in runs.items() if s.startswith("glocal")):
+            windows = sum(len(r.fallback) for r in results)
+            fell = sum(int(np.sum(r.fallback)) for r in results)
+            kinds: dict[str, int] = {}
+            for kind in (k for r in results for k in r.fallback_reason if k):
+                kinds[kind] = kinds.get(kind, 0) + 1
+            rows.append((panel.title, strategy_title(strategy),
+                         f"{windows - fell} of {windows} ({(windows - fell) / max(windows, 1):.0%})",
+                         "; ".join(f"{k}: {n}" for k, n in kinds.items()) or "none"))
+    return Table(("data", "strategy", "windows with its estimate", "fell back: why (windows)"),
+                 tuple(rows))

@@ -7,6 +7,7 @@ import pytest
 
 import glocal_core as gc
 from glocal_core import _dryrun as dr
+from glocal_core import _unitcost
 from glocal_core import experiments as ex
 from glocal_core.__main__ import main
 from glocal_core._doctor import load_report
@@ -14,13 +15,30 @@ from glocal_core._doctor import load_report
 FULL = ("fig2", "fig3", "table2", "fig4", "table3")
 
 
+@pytest.fixture(scope="module")
+def full_dry_run(tmp_path_factory):
+    """`full_dry_run(name)`: the dry run of experiment `name`'s first problem at one step,
+    with its own empty cache directory, run once per module and shared by every test."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            tmp = tmp_path_factory.mktemp(name)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("GLOCAL_CACHE_DIR", str(tmp))
+                done[name] = dr.dry_run(name, steps=1, data_dir=tmp / "tfds", progress=False,
+                                        problems=1), tmp
+        return done[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", FULL)
-def test_dry_run_of_every_full_experiment_on_the_cpu(name, tmp_path, monkeypatch):
+def test_dry_run_of_every_full_experiment_on_the_cpu(name, full_dry_run):
     """One step per function, at full size: fewer steps, never smaller problems; for CI time,
     the runs of each experiment's first problem (fig2: LeNet on Fashion-MNIST, all strategies;
     fig3: WideResNet-28-2 on CIFAR-10; table2: its reweighting on CIFAR-10, local and glocal)."""
-    monkeypatch.setenv("GLOCAL_CACHE_DIR", str(tmp_path))
-    rows = dr.dry_run(name, steps=1, data_dir=tmp_path / "tfds", progress=False, problems=1)
+    rows, tmp_path = full_dry_run(name)
     exp = ex.experiment(name, "full")
     first = dr._problem_key((exp.runs or dr._bench_specs(exp.bench))[0])
     assert len(rows) == sum(dr._problem_key(s) == first
@@ -67,6 +85,44 @@ def test_estimate_follows_the_documented_formula():
         40 * (1 + 4) + 4 * 8 * 3 + 4 * 12 + 2 * 20
     none = dataclasses.replace(outer, strategy="none")
     assert dr.estimate_seconds(none, cost, n_val, n_test) == 40 * 1 + 4 * 5 + 2 * 20
+
+
+@pytest.mark.parametrize("name", ["fig3", "table2"])
+def test_full_wide_resnet_runs_fit_one_80_gib_gpu_and_the_cli_checks_it(
+        name, full_dry_run, monkeypatch, capsys):
+    """fig3's chunked validation gradient and table2's chunked pull-back: every run's peak
+    under 80 GiB, so `--dry-run` exits 0 at the default limit; at 0.001 GiB it exits 1,
+    naming the runs and the limit. The CLI reads the shared dry run instead of a second."""
+    rows, _ = full_dry_run(name)
+    assert rows and max(r.peak_bytes for r in rows) < 80 * 2**30, dr.format_dry_runs(rows)
+    monkeypatch.setattr(dr, "dry_run", lambda *args, **kwargs: rows)
+    monkeypatch.setattr("glocal_core._doctor.save_report", lambda *args: None)
+    command = ["reproduce", name, "--profile", "full", "--dry-run"]
+    assert main(command) == 0
+    assert main([*command, "--memory-limit", "0.001"]) == 1
+    err = capsys.readouterr().err
+    assert "over the memory limit of 0.001 GiB" in err
+    assert all(f"{name}/{r.label} (" in err for r in rows)
+
+
+def test_a_call_predicted_to_be_slow_is_compiled_not_timed():
+    import jax
+    import jax.numpy as jnp
+
+    fn = jax.jit(lambda x: jnp.sum(x @ x))
+    x = jnp.ones((64, 64))
+    unit = dr.measure_unit(fn, (x,), repeats=1, budget=2**30, name="record", max_seconds=0)
+    assert unit.seconds is None and unit.bytes > 0
+    assert unit.why.startswith("record not timed: ") and "FLOP/s on this device" in unit.why
+    # Predicted from a twin with more flops: over a limit that the function itself is under.
+    seconds = dr.measure_unit(fn, (x,), repeats=1, budget=2**30, max_seconds=1e9).seconds
+    assert seconds > 0
+    big = (fn, (jnp.ones((2048, 2048)),))
+    limit = 0.5 * 2 * 2048**3 / _unitcost.device_flops()
+    assert dr.measure_unit(fn, (x,), repeats=1, budget=2**30, max_seconds=limit,
+                           predict_from=big).seconds is None
+    assert _unitcost.Prediction(2.1e12, 55e9).describe("record") == \
+        "record not timed: 2.1 TFLOP, about 38 s at 55.0 GFLOP/s on this device"
 
 
 def test_a_function_that_does_not_fit_is_compiled_not_run():

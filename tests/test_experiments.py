@@ -71,8 +71,19 @@ def test_every_experiment_is_well_formed(name, profile):
         else:
             assert {s.outer.tau for s in exp.runs} == {100}
     elif profile == "smoke":
-        assert seeds == {0} and names == {"digits"}
-        assert all(spec.data.stands_in_for in gc.DATASET_NAMES for spec in exp.runs)
+        # fig3 and table2: Fashion-MNIST stands in for CIFAR-10 at the paper's window, a
+        # small CNN (fig3) and the MLP (table2) for WideResNet, Eq. 14 beside the default.
+        assert seeds == {0, 1} and names == {"fashion_mnist"}
+        assert {spec.data.stands_in_for for spec in exp.runs} == {"cifar10"}
+        assert {(s.outer.tau, s.outer.sigma, s.outer.m) for s in exp.runs} == {(100, 80, 10)}
+        assert {s.strategy_key for s in exp.runs} == {"local", "glocal", "glocal-paper"}
+        if name == "fig3":
+            assert {s.model for s in exp.runs} == {"cnn"}
+            assert all(s.outer.total_steps >= 1000 for s in exp.runs)
+        else:
+            assert {(s.data.imbalance, s.data.val_size) for s in exp.runs} == {(50, 1000),
+                                                                             (100, 1000)}
+            assert all(s.outer.total_steps >= 2000 for s in exp.runs)
     else:
         assert seeds == {0, 1, 2} and names <= set(gc.DATASET_NAMES) - {"digits"}
         assert all(spec.outer.total_steps == 10_000 and spec.outer.tau == 100
@@ -110,6 +121,25 @@ def test_digest_changes_with_anything_that_changes_the_result():
     assert spec.digest() != dataclasses.replace(spec, seed=1).digest()
     assert spec.digest() != dataclasses.replace(
         spec, data=dataclasses.replace(spec.data, imbalance=10)).digest()
+
+
+def test_memory_settings_key_the_cache_only_when_set():
+    """val_chunk and cotangent_chunk unset: the digest of before they existed, so cached
+    runs stay valid; set (fig3's and table2's WideResNets at full), part of the key."""
+    import hashlib
+    import json
+
+    spec = _tiny()
+    fields = dataclasses.asdict(spec)
+    del fields["val_chunk"], fields["outer"]["cotangent_chunk"]
+    text = json.dumps([ex.CACHE_VERSION, fields], sort_keys=True)
+    assert spec.digest() == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert spec.digest() != dataclasses.replace(spec, val_chunk=100).digest()
+    chunked = dataclasses.replace(spec.outer, mode="reverse", cotangent_chunk=4)
+    assert dataclasses.replace(spec, outer=chunked).digest() != dataclasses.replace(
+        spec, outer=dataclasses.replace(chunked, cotangent_chunk=None)).digest()
+    assert all(s.val_chunk == 1000 for s in ex.experiment("fig3", "full").runs)
+    assert all(s.outer.cotangent_chunk == 16 for s in ex.experiment("table2", "full").runs)
 
 
 def test_run_is_cached_and_never_recomputed(tmp_path, monkeypatch):

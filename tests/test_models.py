@@ -30,7 +30,7 @@ def small_wrn():
 def _batched(model, x):
     return eqx.filter_jit(lambda m, x: jax.vmap(m)(x))(model, x)
 
-from glocal_core._models import LeNet, MetaMLP, WideResNet, count_parameters
+from glocal_core._models import LeNet, MetaMLP, SmallCNN, WideResNet, count_parameters
 
 
 def test_lenet_parameter_count(lenet):
@@ -128,3 +128,17 @@ def test_mlp_parameter_count_and_forward():
     np.testing.assert_allclose(mlp(x.reshape(784)), logits, rtol=1e-6)
     hidden = jax.nn.leaky_relu(mlp.hidden.weight @ x.reshape(784) + mlp.hidden.bias)
     np.testing.assert_allclose(logits, mlp.head.weight @ hidden + mlp.head.bias, rtol=1e-5)
+
+
+def test_small_cnn_counts_shapes_and_widths():
+    """The smoke stand-in for WideResNet (fig3): (1·9+1)·8 + (8·9+1)·16 + 16·6·6·10 + 10."""
+    model = SmallCNN(key=jr.key(0))
+    assert count_parameters(model) == 7018 == 80 + 1168 + 5770
+    assert model(jnp.ones((28, 28, 1))).shape == (10,)
+    wide = SmallCNN(key=jr.key(0), width=2, in_channels=3, image_size=32, num_classes=100)
+    logits = jax.vmap(wide)(jnp.ones((4, 32, 32, 3)))
+    assert logits.shape == (4, 100) and bool(jnp.all(jnp.isfinite(logits)))
+    with pytest.raises(ValueError, match="width=0"):
+        SmallCNN(key=jr.key(0), width=0)
+    with pytest.raises(ValueError, match="too small"):
+        SmallCNN(key=jr.key(0), image_size=5)

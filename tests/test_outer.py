@@ -127,6 +127,8 @@ def test_divergence_stops_cleanly_with_reason():
         (dict(mode="sideways"), "mode"),
         (dict(strategy="global", mode="reverse"), "reverse"),
         (dict(dmd=gc.DMDSettings(method="median")), "dmd.method"),
+        (dict(cotangent_chunk=0), "cotangent_chunk"),
+        (dict(cotangent_chunk=2.5), "cotangent_chunk=2.5: a positive int"),
     ],
 )
 def test_bad_config_is_explained(kwargs, match):

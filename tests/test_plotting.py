@@ -78,3 +78,14 @@ def test_highlighted_eigenvalues_and_modes_are_those_that_eq14_keeps():
     glocal = [line for line in right.get_lines() if len(line.get_xdata())
               and line.get_color() == gplt.STRATEGY_COLORS["glocal"]]
     assert len(glocal) == state.kept.sum()
+
+
+def test_hypergradient_bars_name_glocal_by_its_estimator(monkeypatch):
+    _, ax = plt.subplots()
+    values = {"local": np.ones(2), "glocal": np.ones(2), "glocal-paper": np.ones(2),
+              "global": np.ones(2)}
+    monkeypatch.setattr(gc._estimators, "DEFAULT_METHOD", "mean")
+    gplt.plot_hypergradients(ax, ["a", "b"], values)
+    ax.legend()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "local", "glocal (window mean)", "glocal (Eq. 14)", "global"]

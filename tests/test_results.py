@@ -23,15 +23,16 @@ NAMES = ("learning_rate", "weight_decay")
 
 
 def _result(hyperparameters, accuracy, *, tau=10, strategy="glocal", stopped="",
-            fallback=None, seconds=1.0, names=NAMES):
+            fallback=None, seconds=1.0, names=NAMES, method=gc.DEFAULT_METHOD):
     """An `OuterResult` with the given per-window values and zeros elsewhere; windows that
-    are not given did not run (a run that stopped early)."""
+    are not given did not run (a run that stopped early). `method`: its estimator."""
     hyperparameters = np.asarray(hyperparameters, dtype=float)
     s, q = hyperparameters.shape
     step = tau * np.arange(1, s + 1)
     zeros = np.zeros((s, q))
     return gc.OuterResult(
-        config=gc.OuterConfig(strategy, total_steps=4 * tau, tau=tau, sigma=tau - 2, m=2),
+        config=gc.OuterConfig(strategy, total_steps=4 * tau, tau=tau, sigma=tau - 2, m=2,
+                              dmd=gc.DMDSettings(method=method)),
         names=names, step=step, phi=hyperparameters, hyperparameters=hyperparameters,
         hypergradient=zeros, local_hypergradient=zeros, estimate=zeros,
         train_loss=np.zeros(s), val_loss=np.arange(s, dtype=float), eval_step=step,
@@ -119,21 +120,117 @@ def test_group_runs_follows_the_experiment():
 def test_describe_data_names_the_stand_in():
     exp = ex.experiment("table2", "smoke")
     assert (gr.describe_data(exp.runs[0].data)
-            == "imbalanced digits, f = 50 (stand-in for imbalanced CIFAR-10)")
+            == "imbalanced Fashion-MNIST, f = 50 (stand-in for imbalanced CIFAR-10)")
     full = ex.experiment("table2", "full")
     assert gr.describe_data(full.runs[-1].data) == "imbalanced CIFAR-100, f = 50"
     assert gr.dataset_title("fashion_mnist") == "Fashion-MNIST"
 
 
+def test_strategy_title_names_glocal_by_its_estimator(monkeypatch):
+    assert set(gr.ESTIMATOR_TITLES) == set(gc.METHODS)
+    assert gr.strategy_title("glocal-paper") == "glocal (Eq. 14)"
+    assert gr.strategy_title("glocal-rre") == "glocal (reduced-rank extrapolation)"
+    assert [gr.strategy_title(s) for s in ("none", "local", "global")] == ["none", "local",
+                                                                           "global"]
+    assert gr.strategy_title("glocal") == f"glocal ({gr.ESTIMATOR_TITLES[gc.DEFAULT_METHOD]})"
+    # the benchmark's glocal is Eq. 14 whatever the default
+    assert gr.benchmark_title("glocal") == "glocal (Eq. 14)"
+    for method, title in (("mean", "glocal (window mean)"), ("paper", "glocal (Eq. 14)"),
+                          ("fbdmd", "glocal (forward-backward DMD)")):
+        monkeypatch.setattr(gc._estimators, "DEFAULT_METHOD", method)
+        assert gr.strategy_title("glocal") == title
+        assert gr.benchmark_title("glocal") == "glocal (Eq. 14)"
+
+
+def _table2_groups():
+    exp = ex.experiment("table2", "smoke")
+    panels = list(dict.fromkeys(gr.Panel.of(spec) for spec in exp.runs))
+    meta = dict(names=("meta_0",))
+    return exp, {panel: {
+        "local": [_result(np.zeros((4, 1)), [0.5] * 4, strategy="local", **meta)],
+        "glocal": [_result(np.zeros((4, 1)), [0.6] * 4, **meta),
+                   _result(np.zeros((4, 1)), [0.7] * 4, **meta)],
+        "glocal-paper": [_result(np.zeros((4, 1)), [0.45] * 4, method="paper", **meta)],
+    } for panel in panels}
+
+
 def test_table2_puts_the_papers_numbers_beside_ours():
+    exp, groups = _table2_groups()
+    table = gt.table2(groups, caption=gr.provenance(exp))
+    default, paper = gr.strategy_title("glocal"), "glocal (Eq. 14)"
+    assert table.columns == (
+        "our data", "ours: local", f"ours: {default}", f"ours: {paper}",
+        f"ours: {default} − local (points)", f"ours: {paper} − local (points)",
+        "paper: dataset / f", "paper: local", f"paper: {paper}",
+        f"paper: {paper} − local (points)", "seeds")
+    assert len(table.rows) == 2
+    assert table.rows[0][1:] == ("0.500", "0.650 ± 0.050", "0.450", "+15.0", "-5.0",
+                                 "CIFAR-10 / 50", "0.520", "0.715", "+19.5", "2")
+    assert table.rows[1][6:] == ("CIFAR-10 / 100", "0.445", "0.595", "+15.0", "2")
+    text = table._repr_markdown_()
+    assert text.startswith(f"*{gr.provenance(exp)}*")
+    assert f"| ours: {default} |" in text and f"| paper: {paper} |" in text
+
+
+def test_table2_shows_the_strategies_that_ran():
     exp = ex.experiment("table2", "smoke")
     results = {spec.label: _result(np.zeros((4, 1)), [0.25, 0.5, 0.75, 0.6], names=("meta_0",),
-                                   strategy=spec.outer.strategy) for spec in exp.runs}
-    table = gt.table2(gr.group_runs(exp, results), caption=gr.provenance(exp))
-    assert len(table.rows) == 2
-    assert table.rows[0][1:] == ("0.600", "0.600", "CIFAR-10 / 50", "0.520", "0.715", "1")
-    assert table.rows[1][3:] == ("CIFAR-10 / 100", "0.445", "0.595", "1")
-    assert table._repr_markdown_().startswith("*profile smoke · data: imbalanced digits")
+                                   strategy=spec.outer.strategy, method=spec.outer.dmd.method)
+               for spec in exp.runs}
+    table = gt.table2(gr.group_runs(exp, results))
+    ran = [s for s in gt.TABLE2_STRATEGIES if any(sp.strategy_key == s for sp in exp.runs)]
+    assert table.columns[1:1 + len(ran)] == tuple(f"ours: {gr.strategy_title(s)}" for s in ran)
+    assert all(cell.startswith("0.600") for cell in table.rows[0][1:1 + len(ran)])
+    assert table.rows[0][1 + len(ran):len(ran) * 2] == ("+0.0",) * (len(ran) - 1)
+    assert table.rows[0][-5:-1] == ("CIFAR-10 / 50", "0.520", "0.715", "+19.5")
+
+
+def test_table2_figure_names_each_glocal_by_its_estimator():
+    exp, groups = _table2_groups()
+    fig = gplt.table2_figure(groups, "smoke")
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["ours: local", "paper: local", f"ours: {gr.strategy_title('glocal')}",
+                     "ours: glocal (Eq. 14)", "paper: glocal (Eq. 14)"]
+    plt.close(fig)
+
+
+def test_figures_and_tables_show_strategy_titles(monkeypatch):
+    monkeypatch.setattr(gc._estimators, "DEFAULT_METHOD", "rre")
+    default = "glocal (reduced-rank extrapolation)"
+    panel = gr.Panel(ex.DataSpec("digits"), "sgd")
+    groups = {panel: {
+        "local": [_result([[0.1, 0.01]] * 4, [0.5] * 4, strategy="local")],
+        "glocal": [_result([[0.1, 0.01]] * 4, [0.6] * 4, method="rre")._replace(
+            local_hypergradient=np.ones((4, 2)))],
+        "glocal-paper": [_result([[0.1, 0.01]] * 4, [0.7] * 4, method="paper")],
+    }}
+    fig = gplt.strategies_figure(groups, "smoke", title="test")
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["local", default, "glocal (Eq. 14)"]
+    plt.close(fig)
+    fig = gplt.fallback_figure(groups, "smoke")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["glocal (Eq. 14)"]
+    plt.close(fig)
+    fig = gplt.used_update_figure(groups, "smoke")
+    assert rf"$\hat h_\infty$ used ({default})" in [
+        t.get_text() for t in fig.legends[0].get_texts()]
+    plt.close(fig)
+    table = gt.summary_table(groups)
+    assert [row[1] for row in table.rows] == ["local", default, "glocal (Eq. 14)"]
+    assert f"| {default} |" in table.markdown()
+    assert gt.estimator_usage(groups[panel]["glocal-paper"]).startswith("paper (Eq. 14): ")
+
+
+def test_setup_and_runs_tables_name_each_glocal_by_its_estimator():
+    exp = ex.experiment("fig2", "smoke")
+    titles = ", ".join(dict.fromkeys(gr.strategy_title(s.strategy_key) for s in exp.runs))
+    table = gt.setup_table(exp)
+    assert {row[table.columns.index("strategies")] for row in table.rows} == {titles}
+    assert "glocal (Eq. 14)" in titles and gr.strategy_title("glocal") in titles
+    spec = next(s for s in exp.runs if s.strategy_key == "glocal-paper")
+    runs = gt.runs_table(exp, {spec.label: _result([[0.1, 0.2, 0.3]] * 4, [0.5] * 4,
+                                                   names=spec.learn, method="paper")})
+    assert runs.rows[0][:2] == (spec.label, "glocal (Eq. 14)")
 
 
 def test_summary_table_counts_fallbacks_and_finished_runs():
@@ -153,12 +250,14 @@ def test_runtime_tables_divide_by_plain_training():
     report = {"seconds": {"none": 2.0, "local": 8.0, "global": 40.0, "glocal": 10.0},
               "predicted_global/glocal": 2.5}
     table = gt.runtime_table(report)
-    assert [row[0] for row in table.rows] == ["none", "local", "global", "glocal"]
+    # the benchmark's glocal runs the paper's Eq. 14, as the paper's Table 3 does
+    assert [row[0] for row in table.rows] == ["none", "local", "global", "glocal (Eq. 14)"]
     assert table.rows[2][1:] == ("40.00", "20.00", "2891.2", f"{2891.2 / 11.4:.2f}")
     ratios = gt.runtime_ratios(report)
-    assert ratios.rows[1] == ("global / glocal", "4.00", "2.50", f"{2891.2 / 58.3:.2f}")
+    assert ratios.rows[1] == ("global / glocal (Eq. 14)", "4.00", "2.50",
+                              f"{2891.2 / 58.3:.2f}")
     text = str(ratios)
-    assert text.splitlines()[0].startswith("ratio") and "glocal / none" in text
+    assert text.splitlines()[0].startswith("ratio") and "glocal (Eq. 14) / none" in text
 
 
 def test_table_renders_markdown_and_text():
@@ -239,8 +338,8 @@ def test_panel_caption_names_data_and_profile_on_short_lines():
     panel = gr.Panel(ex.experiment("table2", "smoke").runs[0].data, "reweighting")
     text = gplt.panel_caption(panel, "smoke", width=30)
     assert all(len(line) <= 30 for line in text.splitlines())
-    assert " ".join(text.split()) == ("imbalanced digits, f = 50 (stand-in for imbalanced "
-                                      "CIFAR-10); profile smoke")
+    assert " ".join(text.split()) == ("imbalanced Fashion-MNIST, f = 50 (stand-in for "
+                                      "imbalanced CIFAR-10); profile smoke")
 
 
 def test_load_or_run_computes_only_when_runs_are_missing(monkeypatch, capsys):
@@ -266,6 +365,8 @@ def test_runtime_and_fallback_plots_label_what_they_draw():
     labels = [t.get_text() for t in left.texts]
     assert labels[:4] == ["1", "4", "20", "5"]  # ours, relative to none
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["ours", "paper"]
+    assert [t.get_text() for t in left.get_xticklabels()] == ["none", "local", "global",
+                                                              "glocal (Eq. 14)"]
     gplt.plot_fallbacks(right, [10, 20, 30], [1.5, 0.99, 2.0], [True, False, True])
     crosses = [line for line in right.get_lines() if line.get_marker() == "x"]
     np.testing.assert_array_equal(crosses[0].get_xdata(), [10, 30])
@@ -279,5 +380,90 @@ def test_estimator_usage_counts_the_windows_that_used_the_estimate():
             for r in (_result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[1, 0, 1, 0]),
                       _result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[0, 0, 0, 1]))]
     text = gt.estimator_usage(runs)
-    assert text.startswith(f"{runs[0].config.dmd.method}: its estimate in 5 of 8 windows (62%)")
+    method = runs[0].config.dmd.method
+    assert text.startswith(f"{method} ({gr.estimator_title(method)}): its estimate in 5 of 8 "
+                           "windows (62%)")
     assert "fell back in 3: {'no eigenvalue near 1': 3}" in text
+
+
+def test_analysis_figures_name_the_estimate_they_score():
+    run = _result([[0.1, 0.01]] * 4, [0.5] * 4, strategy="global")
+    run = run._replace(hypergradient=np.array([[3.0, 4.0]] * 4),
+                       local_hypergradient=np.array([[3.0, 4.0], [1.0, 0.0]] * 2),
+                       estimate=np.array([[2.0, 4.0]] * 4), fallback=np.array([0, 1, 0, 0]))
+    quality = gq.estimate_quality(run)
+
+    def legend(fig):
+        box = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
+        return [t.get_text() for t in box.get_texts()]
+
+    # the chapter re-fits Eq. 14; the runs' own estimate is named where it is drawn
+    assert "glocal (Eq. 14)" in legend(gplt.quality_figure({"run": quality}, "smoke",
+                                                           subtitle="test"))
+    assert f"fell back ({gr.strategy_title('glocal')} = local)" in legend(
+        gplt.quality_figure({"run": quality}, "smoke", subtitle="test", strategy="glocal"))
+    fig = gplt.error_scatter_figure({"run": quality}, "smoke")
+    assert fig.axes[0].get_ylabel().startswith("glocal (Eq. 14): ")
+    assert f"{gr.strategy_title('glocal')} vs global" in legend(
+        gplt.hypergradient_error_figure({gr.Panel(ex.DataSpec("digits"), "sgd"):
+                                         {"global": [run]}}, "smoke"))
+    terms = gc.spectra.ErrorTerms(*(np.ones(2),) * 4, np.array([False, True]))
+    assert "glocal (Eq. 14) error, fell back (= local)" in legend(
+        gplt.error_terms_figure(terms, "smoke"))
+    sweep = [gq.quality_summary(quality)] * 2
+    assert "glocal (Eq. 14) closer to global" in legend(
+        gplt.delta_sweep_figure([0.01, 0.1], sweep, 0.01, "smoke"))
+    table = gt.quality_table({"run": (sweep[0], (0.0, 1.0))})
+    assert "cos glocal (Eq. 14)" in table.columns and "glocal (Eq. 14) closer" in table.columns
+    plt.close("all")
+
+
+def test_gap_table_gives_each_glocal_gain_over_local_and_the_papers_claim():
+    panel = gr.Panel(ex.DataSpec("fashion_mnist", stands_in_for="cifar10"), "sgd", "CNN 8-16")
+    groups = {panel: {
+        "local": [_result([[0.1, 0.01]] * 4, [0.5, 0.6, 0.7, 0.80], strategy="local"),
+                  _result([[0.1, 0.01]] * 4, [0.5, 0.6, 0.7, 0.82], strategy="local")],
+        "glocal": [_result([[0.1, 0.01]] * 4, [0.5, 0.6, 0.7, 0.79])] * 2,
+        "glocal-paper": [_result([[0.1, 0.01]] * 4, [0.5, 0.6, 0.7, 0.86], method="paper")] * 2,
+    }}
+    table = gt.gap_table(groups, paper=ex.PAPER_FIG3, caption="made here")
+    assert table.columns == ("data", "strategy", "final test accuracy", "− local (points)",
+                             "paper")
+    assert [row[1:] for row in table.rows] == [
+        ("local", "0.810 ± 0.010", "", ""),
+        (gr.strategy_title("glocal"), "0.790 ± 0.000", "-2.0", ""),
+        ("glocal (Eq. 14)", "0.860 ± 0.000", "+5.0", ex.PAPER_FIG3["cifar10"]),
+    ]
+    assert table.rows[0][0] == panel.title and "| − local (points) |" in table.markdown()
+
+
+def test_update_ratio_table_counts_windows_with_the_estimate():
+    panel = gr.Panel(ex.DataSpec("fashion_mnist"), "sgd")
+    local = np.array([[2.0, 1.0]] * 4)
+    used = np.array([[1.0, 1.0], [4.0, 1.0], [2.0, 1.0], [2.0, 1.0]])
+    run = _result([[0.1, 0.01]] * 4, [0.5] * 4, fallback=[False, False, True, False],
+                  method="paper")._replace(hypergradient=used, local_hypergradient=local)
+    ratios = gr.update_ratios([run, run], "learning_rate")
+    assert (ratios.used, ratios.windows) == (6, 8)
+    np.testing.assert_allclose(np.sort(ratios.ratios), [0.5, 0.5, 1, 1, 2, 2])
+    table = gt.update_ratio_table({panel: {"local": [run], "glocal-paper": [run, run]}})
+    assert table.rows == ((panel.title, "glocal (Eq. 14)", "6 of 8", "1 [0.5, 2]"),)
+
+
+def test_points_never_prints_minus_zero():
+    assert gt.points(0.8, 0.80004) == "+0.0" and gt.points(0.9, 0.8) == "+10.0"
+    assert gt.points(np.nan, 0.8) == "–"
+
+
+def test_fallback_table_counts_windows_and_reasons_per_glocal():
+    panel = gr.Panel(ex.DataSpec("fashion_mnist"), "sgd")
+    fell = _result([[0.1, 0.01]] * 4, [0.5] * 4, fallback=[True, False, True, False],
+                   method="paper")._replace(fallback_reason=("no eigenvalue near 1", "",
+                                                             "no eigenvalue near 1", ""))
+    groups = {panel: {"local": [_result([[0.1, 0.01]] * 4, [0.5] * 4, strategy="local")],
+                      "glocal": [_result([[0.1, 0.01]] * 4, [0.5] * 4)],
+                      "glocal-paper": [fell, fell]}}
+    table = gt.fallback_table(groups)
+    assert [row[1:] for row in table.rows] == [
+        (gr.strategy_title("glocal"), "4 of 4 (100%)", "none"),
+        ("glocal (Eq. 14)", "4 of 8 (50%)", "no eigenvalue near 1: 4")]

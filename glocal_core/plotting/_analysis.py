@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+from .. import _estimators
 from .. import results as gr
 from .. import tables as gt
 from ..experiments import Experiment
@@ -24,23 +25,33 @@ ESTIMATOR_COLORS = {"local": STRATEGY_COLORS["local"], "mean": "#1f77b4", "affin
                     "fbdmd": "#8c564b", "tlsdmd": "#e377c2"}
 
 
+# The estimate that the analysis re-fits (`quality.refit`, `spectra`): Eq. 14.
+REFIT = "glocal-paper"
+
+
 def quality_figure(qualities: Mapping[str, EstimateQuality], profile: str, *,
-                   subtitle: str) -> Figure:
+                   subtitle: str, strategy: str = REFIT) -> Figure:
     """Per run (`{title: quality}`): cosine similarity and relative error of local and
     glocal against h_T, window by window, a cross where the DMD fell back (glocal = local).
-    The last window (horizon 0, where h_T = h_τ) is left out."""
+    The last window (horizon 0, where h_T = h_τ) is left out.
+
+    `strategy`: the key whose estimate `qualities` scored, named in the legend: `REFIT`
+    (Eq. 14) for `estimate_quality(..., delta=)`, `glocal` for the estimates of global runs
+    with the default estimator."""
+    glocal_title = gr.strategy_title(strategy)
     fig, axes = panel_grid(len(qualities), per=2, height=3.0)
     for (ax_cos, ax_err), (title, quality) in zip(axes, qualities.items()):
         use = quality.horizon > 0
         x, fell = quality.step[use], quality.fallback[use]
         for ax, metric in ((ax_cos, "cosine"), (ax_err, "error")):
             glocal, local = (getattr(quality, f"{metric}_{s}")[use] for s in ("glocal", "local"))
-            ax.plot(x, glocal, "o-", ms=4, lw=1, color=STRATEGY_COLORS["glocal"], label="glocal")
+            ax.plot(x, glocal, "o-", ms=4, lw=1, color=STRATEGY_COLORS[strategy],
+                    label=glocal_title)
             # local dashed on top: it hides glocal where they are equal
             ax.plot(x, local, "s--", ms=4, lw=1, color=STRATEGY_COLORS["local"], label="local")
             if np.any(fell):
                 ax.plot(x[fell], glocal[fell], "x", ms=9, mew=2, color="k",
-                        label="DMD fell back (glocal = local)")
+                        label=f"fell back ({glocal_title} = local)")
             ax.set(xlabel=r"inner step $s\tau$ at the end of the window")
         ax_cos.axhline(1, color=STRATEGY_COLORS["global"], lw=1, label="global (target)")
         ax_cos.axhline(0, color="k", lw=0.5)
@@ -48,25 +59,28 @@ def quality_figure(qualities: Mapping[str, EstimateQuality], profile: str, *,
                    title=f"{title}: direction")
         ax_err.set_yscale("log")
         ax_err.set(ylabel=r"$\|v - h_T\| / \|h_T\|$", title=f"{title}: relative error")
-    fig.suptitle("Local and glocal against the global hypergradient of a playout, per outer "
-                 f"step\n({subtitle}; profile {profile})")
+    fig.suptitle(f"Local and {glocal_title} against the global hypergradient of a playout, "
+                 f"per outer step\n({subtitle}; profile {profile})")
     shared_legend(fig, axes)
     return fig
 
 
-def error_scatter_figure(qualities: Mapping[str, EstimateQuality], profile: str) -> Figure:
+def error_scatter_figure(qualities: Mapping[str, EstimateQuality], profile: str, *,
+                         strategy: str = REFIT) -> Figure:
     """The relative error of glocal against that of local, one point per window with a
     horizon > 0, one marker per run (`{label: quality}`); below the diagonal the glocal
-    estimate was closer to h_T. Fallback windows lie on the diagonal and are drawn hollow."""
+    estimate was closer to h_T. Fallback windows lie on the diagonal and are drawn hollow.
+    `strategy`: as in `quality_figure`."""
+    glocal_title, color = gr.strategy_title(strategy), STRATEGY_COLORS[strategy]
     fig, ax = plt.subplots(figsize=(6, 6))
     markers = "osD^v<>"
     low, high = np.inf, -np.inf
     for i, (label, q) in enumerate(qualities.items()):
         use = q.horizon > 0
         el, eg, fell = q.error_local[use], q.error_glocal[use], q.fallback[use]
-        for mask, fill in ((~fell, STRATEGY_COLORS["glocal"]), (fell, "none")):
+        for mask, fill in ((~fell, color), (fell, "none")):
             ax.plot(el[mask], eg[mask], markers[i % len(markers)], ms=7, mfc=fill,
-                    color=STRATEGY_COLORS["glocal"], ls="none",
+                    color=color, ls="none",
                     label=f"{label}" + (" (fell back)" if fill == "none" else ""))
         finite = np.concatenate([el, eg])
         finite = finite[np.isfinite(finite) & (finite > 0)]
@@ -75,7 +89,7 @@ def error_scatter_figure(qualities: Mapping[str, EstimateQuality], profile: str)
     if np.isfinite(low):
         span = np.array([low / 1.5, high * 1.5])
         ax.plot(span, span, color="0.5", lw=1, ls=":", label="equal error")
-        ax.fill_between(span, span / 1e6, span, color=STRATEGY_COLORS["glocal"], alpha=0.06)
+        ax.fill_between(span, span / 1e6, span, color=color, alpha=0.06)
         ax.set(xlim=tuple(span), ylim=tuple(span))
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -87,9 +101,9 @@ def error_scatter_figure(qualities: Mapping[str, EstimateQuality], profile: str)
         axis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7, loc="upper left")
     ax.set(xlabel=r"local: $\|h_\tau - h_T\| / \|h_T\|$",
-           ylabel=r"glocal: $\|\hat h_\infty - h_T\| / \|h_T\|$",
-           title=f"Glocal against local error, every outer step\n(global runs of fig2; "
-                 f"profile {profile})")
+           ylabel=glocal_title + r": $\|\hat h_\infty - h_T\| / \|h_T\|$",
+           title=f"{glocal_title} against local error, every outer step\n(global runs of "
+                 f"fig2; profile {profile})")
     return fig
 
 
@@ -114,17 +128,18 @@ def spectra_figure(rows: Mapping[str, tuple[SpectraRow, str]], delta: float,
 def error_terms_figure(terms: ErrorTerms, profile: str) -> Figure:
     """The terms of Theorem 3.1 (`spectra.pooled_terms`) against the horizon: forecast error
     (Eq. 16), dropped modes (Eq. 17) and the glocal error, where the DMD acted; the glocal
-    error where it fell back."""
+    error where it fell back. The estimate is Eq. 14's (`REFIT`), as `spectra` re-fits it."""
+    glocal_title, color = gr.strategy_title(REFIT), STRATEGY_COLORS[REFIT]
     acts = ~terms.fallback
     fig, ax = plt.subplots()
     ax.plot(terms.horizon, terms.forecast, "^", color="0.45", mfc="none",
             label=r"forecast error $\|h_T - \hat h_T\|$ (Eq. 16)")
     ax.plot(terms.horizon[acts], terms.dropped[acts], "v", color=OTHER_MODES_COLOR,
             mfc="none", label=r"dropped modes $\|\hat h_T - \hat h_\infty\|$ (Eq. 17)")
-    ax.plot(terms.horizon[acts], terms.total[acts], "o", color=STRATEGY_COLORS["glocal"],
-            label=r"glocal error $\|h_T - \hat h_\infty\|$")
-    ax.plot(terms.horizon[~acts], terms.total[~acts], "o", mfc="none",
-            color=STRATEGY_COLORS["glocal"], label="glocal error, fell back (= local)")
+    ax.plot(terms.horizon[acts], terms.total[acts], "o", color=color,
+            label=glocal_title + r" error $\|h_T - \hat h_\infty\|$")
+    ax.plot(terms.horizon[~acts], terms.total[~acts], "o", mfc="none", color=color,
+            label=f"{glocal_title} error, fell back (= local)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set(xlabel=r"horizon $T - s\tau$ (inner steps)", ylabel=r"relative to $\|h_T\|$",
@@ -134,10 +149,11 @@ def error_terms_figure(terms: ErrorTerms, profile: str) -> Figure:
 
 def delta_sweep_figure(deltas: Sequence[float], sweep: Sequence[QualitySummary],
                        delta: float, profile: str) -> Figure:
-    """How often glocal was closer, farther or tied (fell back) at every re-fitted δ."""
+    """How often glocal (Eq. 14, re-fitted: `REFIT`) was closer, farther or tied (fell back)
+    at every re-fitted δ."""
     fig, ax = plt.subplots()
-    ax.plot(deltas, [s.closer for s in sweep], "o-", color=STRATEGY_COLORS["glocal"],
-            label="glocal closer to global")
+    ax.plot(deltas, [s.closer for s in sweep], "o-", color=STRATEGY_COLORS[REFIT],
+            label=f"{gr.strategy_title(REFIT)} closer to global")
     ax.plot(deltas, [s.farther for s in sweep], "s--", color=STRATEGY_COLORS["local"],
             label="local closer to global")
     ax.plot(deltas, [s.fallback_rate for s in sweep], "k:", label="fell back (tie)")
@@ -176,8 +192,9 @@ def dmd_grid_figure(grid: Sequence[DMDGridRow], exp: Experiment) -> Figure:
         ax.set(xlabel="delays $m$", ylabel=r"hypergradients $\sigma$ given to the DMD",
                title=title)
     model = ", ".join(dict.fromkeys(s.model_title for s in exp.runs))
-    fig.suptitle(f"Glocal with different DMD settings, {model} + SGD\n({gr.provenance(exp)})",
-                 fontsize=10)
+    glocal = ", ".join(dict.fromkeys(gr.strategy_title(s.strategy_key) for s in exp.runs))
+    fig.suptitle(f"{glocal} with different DMD settings, {model} + SGD\n"
+                 f"({gr.provenance(exp)})", fontsize=10)
     return fig
 
 
@@ -196,7 +213,9 @@ def fidelity_figure(exp: Experiment, rows: Sequence[Mapping]) -> Figure:
         for i, method in enumerate(methods):
             ax.bar(x - 0.4 + width * (i + 0.5),
                    [table.get((rec, method), np.nan) for rec in recordings], width,
-                   color=ESTIMATOR_COLORS[method], label=method,
+                   color=ESTIMATOR_COLORS[method],
+                   label=f"{method}: {gr.estimator_title(method)}"
+                         + (" (default)" if method == _estimators.DEFAULT_METHOD else ""),
                    hatch="//" if method == "local" else None, edgecolor="white", lw=0.3)
         ax.set_xticks(x, labels=[rec.replace(", ", "\n") for rec in recordings], fontsize=8)
         ax.set(ylabel=value)

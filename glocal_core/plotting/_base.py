@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 
 from .._dmd import DMDFit, mode_magnitudes
 from .._estimators import DMD_DEFAULTS
+from ..results import benchmark_title, strategy_title
 
 # matplotlib's tab10, fixed per strategy so that every figure of the book agrees; local and
 # global keep the orange and green that chapter 2 gives h_tau and h_T.
@@ -171,7 +172,8 @@ def plot_hypergradients(
     **Arguments:**
 
     - `names`: the hyperparameters' names, in the order of the vectors.
-    - `values`: strategy name (a key of `STRATEGY_COLORS`) to a `(q,)` hypergradient.
+    - `values`: strategy name (a key of `STRATEGY_COLORS`) to a `(q,)` hypergradient; the
+        legend shows `results.strategy_title` of each.
     """
     scale = np.abs(np.asarray(values[reference], dtype=float))
     scale = np.where(scale > 0, scale, 1.0)
@@ -179,10 +181,10 @@ def plot_hypergradients(
     x = np.arange(len(names))
     for i, (strategy, value) in enumerate(values.items()):
         ax.bar(x + (i - (len(values) - 1) / 2) * width, np.asarray(value) / scale, width,
-               color=STRATEGY_COLORS[strategy], label=strategy)
+               color=STRATEGY_COLORS[strategy], label=strategy_title(strategy))
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(x, labels=list(names))
-    ax.set(ylabel=f"hypergradient / |{reference}|")
+    ax.set(ylabel=f"hypergradient / |{strategy_title(reference)}|")
     return ax
 
 
@@ -256,7 +258,8 @@ def plot_runtime(ax: Axes, ours: Mapping[str, float], paper: Mapping[str, float]
                  reference: str = "none") -> Axes:
     """Run time of each strategy relative to `reference`, ours (filled bars) beside the
     paper's (hatched), on a log axis, each bar labelled with its ratio (Table 3). Draws its
-    own legend (ours / paper). `ours` and `paper` map a strategy to seconds."""
+    own legend (ours / paper). `ours` and `paper` map a strategy to seconds, keyed as the
+    benchmark's report (`results.benchmark_title`: its glocal is Eq. 14)."""
     strategies = [s for s in STRATEGY_COLORS if s in ours and s in paper]
     x = np.arange(len(strategies))
     for offset, seconds, hatch, alpha in ((-0.2, ours, None, 1.0), (0.2, paper, "//", 0.45)):
@@ -270,8 +273,8 @@ def plot_runtime(ax: Axes, ours: Mapping[str, float], paper: Mapping[str, float]
                        label="paper"),
     ])
     ax.set_yscale("log")
-    ax.set_xticks(x, labels=strategies)
-    ax.set(ylabel=f"run time / run time of {reference!r}")
+    ax.set_xticks(x, labels=[benchmark_title(s) for s in strategies])
+    ax.set(ylabel=f"run time / run time of {benchmark_title(reference)!r}")
     return ax
 
 

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from .. import quality as gq
 from .. import results as gr
+from .. import tables as gt
 from .._data import NUM_CLASSES
 from .._outer import OuterResult
 from ..experiments import PAPER_TABLE2, PAPER_TABLE3
@@ -48,7 +49,8 @@ def plot_runs(axes: Sequence[Axes], runs: Mapping[str, Sequence[OuterResult]]) -
         raise ValueError(f"need 1 + q = {1 + len(names)} axes, got {len(axes)}.")
     for strategy, results in runs.items():
         acc = gr.accuracy_curve(results)
-        plot_mean_std(axes[0], acc.x, acc.mean, acc.std, strategy, label=strategy,
+        plot_mean_std(axes[0], acc.x, acc.mean, acc.std, strategy,
+                      label=gr.strategy_title(strategy),
                       marker="o" if len(acc.x) < 30 else None)
         hp = gr.hyperparameter_curve(results)
         for i, ax in enumerate(axes[1:]):
@@ -77,13 +79,17 @@ def strategies_figure(groups: Groups, profile: str, *, title: str) -> Figure:
 
 def hypergradient_error_figure(groups: Groups, profile: str) -> Figure:
     """Per panel with global runs: the relative error of the local and the glocal
-    hypergradient against the global one, window by window (`quality.hypergradient_errors`)."""
+    hypergradient against the global one, window by window (`quality.hypergradient_errors`);
+    the legend names the estimator the global runs recorded."""
     panels = [p for p in groups if "global" in groups[p]]
     fig, axes = panel_grid(len(panels), height=3.6)
     for ax, panel in zip(axes, panels):
-        for strategy, curve in gq.hypergradient_errors(groups[panel]["global"]).items():
+        runs = groups[panel]["global"]
+        titles = {"local": "local", "glocal": gr.strategy_title(
+            f"glocal-{runs[0].config.dmd.method}")}
+        for strategy, curve in gq.hypergradient_errors(runs).items():
             plot_mean_std(ax, curve.x, curve.mean, curve.std, strategy, marker="o",
-                          label=f"{strategy} vs global")
+                          label=f"{titles[strategy]} vs global")
         log_axis(ax)
         ax.set(xlabel="inner step", ylabel=r"relative error against $h_T$",
                title=panel_caption(panel, profile))
@@ -96,14 +102,17 @@ def hypergradient_error_figure(groups: Groups, profile: str) -> Figure:
 def fallback_figure(groups: Groups, profile: str, *, strategies=("glocal-paper", "glocal"),
                     title: str = "Glocal runs") -> Figure:
     """Per panel, the spectral radius of each window's DMD for the runs of the first of
-    `strategies` the panel has; a cross where the estimator fell back to local."""
+    `strategies` the panel has, its `results.strategy_title` in the legend; a cross where the
+    estimator fell back to local."""
     panels = [p for p in groups if any(s in groups[p] for s in strategies)]
     fig, axes = panel_grid(len(panels), height=3.2, sharey=True)
     for ax, panel in zip(axes, panels):
         strategy = next(s for s in strategies if s in groups[panel])
         for r in groups[panel][strategy]:
-            plot_fallbacks(ax, r.step, r.spectral_radius, r.fallback)
+            plot_fallbacks(ax, r.step, r.spectral_radius, r.fallback, strategy,
+                           label=gr.strategy_title(strategy))
         ax.set(title=panel_caption(panel, profile))
+    shared_legend(fig, axes)
     fig.suptitle(f"{title}: DMD spectral radius per window,\n× = fell back to local "
                  f"(profile {profile})")
     return fig
@@ -119,25 +128,28 @@ def runtime_figure(report: Mapping, profile: str) -> Figure:
     return fig
 
 
-def used_update_figure(groups: Groups, profile: str, name: str = "learning_rate") -> Figure:
-    """Per panel, the glocal runs' last hypergradient of each window `h_τ` beside the update
-    they used (their estimate, or `h_τ` where it fell back) for hyperparameter `name`."""
+def used_update_figure(groups: Groups, profile: str, name: str = "learning_rate", *,
+                       strategy: str = "glocal") -> Figure:
+    """Per panel, the runs of `strategy` (a glocal key): their last hypergradient of each
+    window `h_τ` beside the update they used (their estimate, or `h_τ` where it fell back) for
+    hyperparameter `name`."""
+    glocal = gr.strategy_title(strategy)
     fig, axes = panel_grid(len(groups), height=3.6)
     for ax, (panel, runs) in zip(axes, groups.items()):
-        for r in runs["glocal"]:
+        for r in runs[strategy]:
             i = r.names.index(name)
             ax.plot(r.step, r.local_hypergradient[:, i], "o-", ms=4,
                     color=STRATEGY_COLORS["local"], label=r"$h_\tau$ (local)")
             ax.plot(r.step, r.hypergradient[:, i], "s--", ms=4, mfc="none",
-                    color=STRATEGY_COLORS["glocal"], label=r"$\hat h_\infty$ used (glocal)")
+                    color=STRATEGY_COLORS[strategy], label=rf"$\hat h_\infty$ used ({glocal})")
             ax.plot(r.step[r.fallback], r.hypergradient[r.fallback, i], "x", ms=9,
-                    color=STRATEGY_COLORS["glocal"], label="fell back")
+                    color=STRATEGY_COLORS[strategy], label="fell back")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_yscale("symlog", linthresh=float(np.median(np.abs(r.local_hypergradient[:, i]))))
         ax.set(xlabel="inner step", ylabel=f"{gr.HYPERPARAMETER_TITLES.get(name, name)} "
                "hypergradient", title=panel_caption(panel, profile))
     shared_legend(fig, axes)
-    fig.suptitle(f"Glocal runs: the window's last hypergradient and the update used "
+    fig.suptitle(f"Runs of {glocal}: the window's last hypergradient and the update used "
                  f"(profile {profile})")
     return fig
 
@@ -156,24 +168,38 @@ def class_share_figure(shares: Mapping[str, np.ndarray], profile: str) -> Figure
 
 
 def table2_figure(groups: Groups, profile: str) -> Figure:
-    """Table 2 as bars: final test accuracy of local and glocal, ours (mean ± std over the
-    finished seeds) beside the paper's (hatched)."""
+    """Table 2 as bars: final test accuracy of each strategy of `tables.TABLE2_STRATEGIES`
+    that ran, ours (mean ± std over the finished seeds) beside the paper's local and glocal
+    (Eq. 14, hatched), each titled with `results.strategy_title`."""
     panels = list(groups)
+    ours = [s for s in gt.TABLE2_STRATEGIES if any(s in groups[p] for p in panels)]
+    # the paper's bar beside ours of the same strategy; its glocal is Eq. 14
+    paper = {"local": 0, gt.PAPER_GLOCAL: 1}
+    bars = [(s, "ours") for s in ours]
+    for s in paper:
+        at = max((i + 1 for i, (t, _) in enumerate(bars) if t == s), default=len(bars))
+        bars.insert(at, (s, "paper"))
     fig, ax = plt.subplots(figsize=(BOOK_WIDTH, 4))
-    x = np.arange(len(panels))
-    for i, strategy in enumerate(("local", "glocal")):
-        finals = [gr.final(groups[p][strategy]) for p in panels]
-        paper = [PAPER_TABLE2.get((p.data.paper_name, p.data.imbalance), (np.nan,) * 2)[i]
-                 for p in panels]
-        color = STRATEGY_COLORS[strategy]
-        ax.bar(x - 0.3 + 0.4 * i, [f.accuracy_mean for f in finals], 0.2,
-               yerr=[f.accuracy_std for f in finals], color=color, label=f"ours: {strategy}")
-        ax.bar(x - 0.1 + 0.4 * i, paper, 0.2, color=color, alpha=0.45, hatch="//",
-               edgecolor="k", lw=0.5, label=f"paper: {strategy}")
+    x, width = np.arange(len(panels)), 0.8 / len(bars)
+    for i, (strategy, whose) in enumerate(bars):
+        offset, color = x - 0.4 + width * (i + 0.5), STRATEGY_COLORS[strategy]
+        label = f"{whose}: {gr.strategy_title(strategy)}"
+        if whose == "ours":
+            finals = [gr.final(groups[p][strategy]) if strategy in groups[p] else None
+                      for p in panels]
+            ax.bar(offset, [f.accuracy_mean if f else np.nan for f in finals], width,
+                   yerr=[f.accuracy_std if f else np.nan for f in finals], color=color,
+                   label=label)
+        else:
+            values = [PAPER_TABLE2.get((p.data.paper_name, p.data.imbalance),
+                                       (np.nan,) * 2)[paper[strategy]] for p in panels]
+            ax.bar(offset, values, width, color=color, alpha=0.45, hatch="//", edgecolor="k",
+                   lw=0.5, label=label)
     ax.set_xticks(x, labels=[f"{gr.dataset_title(p.data.name)} f = {p.data.imbalance:g}\n"
                              f"(paper: {gr.dataset_title(p.data.paper_name)})" for p in panels])
     ax.set(ylabel="test accuracy", ylim=(0, 1),
-           title=f"Table 2: our runs (profile {profile}) beside the paper's")
+           title=f"Table 2: our runs ({', '.join(dict.fromkeys(p.model for p in panels))}; "
+                 f"profile {profile}) beside the paper's (WideResNet-28-2)")
     ax.legend(ncol=2, fontsize=8)
     return fig
 
@@ -188,7 +214,8 @@ def reweighting_curves_figure(groups: Groups, profile: str) -> Figure:
             curves = (gr.accuracy_curve(results), gr.loss_curve(results, "val_loss"),
                       gr.loss_curve(results, "train_loss"))
             for ax, curve in zip(block, curves):
-                plot_mean_std(ax, curve.x, curve.mean, curve.std, strategy, label=strategy,
+                plot_mean_std(ax, curve.x, curve.mean, curve.std, strategy,
+                              label=gr.strategy_title(strategy),
                               marker="o" if len(curve.x) < 30 else None)
         for ax, label in zip(block, labels):
             ax.set(xlabel="inner step", ylabel=label)
@@ -212,7 +239,7 @@ def weighting_figure(groups: Groups, profile: str) -> Figure:
         for strategy, results in runs.items():
             curve = gr.weighting_curve(results, losses)
             plot_mean_std(ax, curve.x, curve.mean, curve.std, strategy,
-                          label=f"{strategy}, last window")
+                          label=f"{gr.strategy_title(strategy)}, last window")
         ax.axvline(log_c, color="0.7", lw=1, ls=":")
         ax.set(xlabel="per-example cross-entropy L (dotted: ln C)", ylabel=r"weight $\mu_\phi(L)$",
                ylim=(-0.02, 1.02), title=panel_caption(panel, profile))
