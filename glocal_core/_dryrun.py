@@ -46,7 +46,7 @@ from ._configs import _SGD_ALL, PAPER_DMD, _sgd_initial
 from ._idx import has_fashion_mnist_idx
 from ._outer import OuterConfig
 from ._unitcost import UnitCost as UnitCost
-from ._unitcost import compiled_bytes, measure_unit
+from ._unitcost import compiled_bytes, flops, measure_unit
 from . import experiments as ex
 
 # Image shape, training and test examples of each dataset as tensorflow-datasets has them.
@@ -259,6 +259,7 @@ def _dry_run_problem(specs: list, *, steps: int, data_dir,
     state, phi = problem.init(key), jnp.asarray(problem.phi0)
     state_bytes = sum(a.nbytes for a in jax.tree.leaves(hg._differentiable(state)))
     units: dict[str, UnitCost] = {}
+    observed: list[float] = []  # flop/s of this problem's timed calls
     windows_run: set = set()
     scans: dict = {}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -268,14 +269,20 @@ def _dry_run_problem(specs: list, *, steps: int, data_dir,
         # Reverse mode on the host loop keeps the window's τ + 1 states.
         kept = state_bytes * (config.tau + 1) if config.mode == "reverse" and hg.host_loop() else 0
         functions = _unit_functions(problem, state, phi, key, config)
-        unchunked = _unit_functions(twin, state, phi, key,
-                                    dataclasses.replace(config, cotangent_chunk=None))
-        for (name, (fn, args)), twin_unit in zip(functions.items(), unchunked.values()):
-            if name not in units:
-                budget = int(0.8 * available_bytes()) - kept
-                units[name] = measure_unit(fn, args, repeats=steps, budget=budget,
-                                           name=name.split("@")[0], predict_from=twin_unit,
-                                           max_seconds=max_call_seconds)
+        unchunked = dict(zip(functions, _unit_functions(
+            twin, state, phi, key, dataclasses.replace(config, cotangent_chunk=None)).values()))
+        new = [name for name in functions if name not in units]
+        # Cheapest first: each timed call tells the rate this network really runs at, which
+        # predicts the next (XLA:CPU runs a WideResNet step at a tenth of its matmul rate).
+        counts = {name: flops(unchunked[name][0].lower(*unchunked[name][1]))
+                  for name in new} if max_call_seconds is not None else {}
+        for name in sorted(new, key=lambda n: counts.get(n) or 0):
+            fn, args = functions[name]
+            budget = int(0.8 * available_bytes()) - kept
+            units[name] = measure_unit(fn, args, repeats=steps, budget=budget,
+                                       name=name.split("@")[0],
+                                       predict_from=counts.get(name) or unchunked[name],
+                                       max_seconds=max_call_seconds, observed=observed)
         mine = {name: units[name] for name in functions}
         missing = [u.why for u in mine.values() if u.seconds is None]
         kind = (config.strategy in ("none", "global"), config.mode, config.num_recorded,

@@ -5,7 +5,10 @@ Memory is XLA's `memory_analysis` of the compiled executable. The prediction is 
 `cost_analysis` flops divided by the device's rate on a float32 matmul or convolution,
 whichever is slower, measured once per process (`device_flops`). Both run nearer the
 device's peak than a network's step, so the prediction errs short: a call predicted over
-the limit is slower still. XLA counts a
+the limit is slower still. A network's step can run at a fraction of both (XLA:CPU: a
+WideResNet-28-2 step at a third of the convolution's rate or less), so `measure_unit` also takes
+the rates that the same network's timed calls reached (`observed`), and the dry run times
+a problem's functions cheapest first. XLA counts a
 loop's body once, not once per trip, so a function whose chunks run in a `lax.map` is
 predicted from its twin with every chunk in one (the same arithmetic, one pass), which the
 caller passes as `predict_from`.
@@ -116,14 +119,17 @@ def compiled_bytes(compiled) -> int | None:
 
 
 def measure_unit(fn, args, *, repeats: int, budget: int, name: str = "call",
-                 max_seconds: float | None = None, predict_from=None) -> UnitCost:
+                 max_seconds: float | None = None, predict_from=None,
+                 observed: list[float] | None = None) -> UnitCost:
     """Compile `fn(*args)` ahead of time, read its memory, and if it fits in `budget` bytes
-    and is not predicted to take over `max_seconds` (`None`: no limit) call it `repeats`
-    times: the fastest call counts.
+    and is not predicted to take over `max_seconds` (`None`: no limit) call it up to
+    `repeats` times (no more once a call has taken over `max_seconds`): the fastest counts.
 
-    `predict_from`: `(fn, args)` of the same arithmetic without the loops that chunking
-    adds, whose flops give the prediction (default: `fn(*args)` itself). `name` names the
-    function in `UnitCost.why`.
+    `predict_from`: the flops to predict from, or `(fn, args)` of the same arithmetic
+    without the loops that chunking adds, whose flops give the prediction (default:
+    `fn(*args)` itself). `observed`: flop/s that earlier calls of the same network achieved;
+    the prediction uses the slowest of them and the device's rate, and a timed call appends
+    its own. `name` names the function in `UnitCost.why`.
     """
     start = time.perf_counter()
     nbytes = compiled_bytes(fn.lower(*args).compile())
@@ -131,16 +137,24 @@ def measure_unit(fn, args, *, repeats: int, budget: int, name: str = "call",
     if nbytes is not None and nbytes > budget:
         return UnitCost(compile_seconds, nbytes, None,
                         f"does not fit: {name} needs {nbytes / _GIB:.1f} GiB")
-    if max_seconds is not None:
-        twin, twin_args = predict_from or (fn, args)
-        count = flops(twin.lower(*twin_args))
-        if count is not None:
-            prediction = Prediction(count, device_flops())
-            if prediction.seconds > max_seconds:
-                return UnitCost(compile_seconds, nbytes, None, prediction.describe(name))
-    seconds = []
+    count = None
+    if max_seconds is not None or observed is not None:
+        if isinstance(predict_from, (int, float)):
+            count = float(predict_from)
+        else:
+            twin, twin_args = predict_from or (fn, args)
+            count = flops(twin.lower(*twin_args))
+    if max_seconds is not None and count is not None:
+        prediction = Prediction(count, min([device_flops(), *(observed or [])]))
+        if prediction.seconds > max_seconds:
+            return UnitCost(compile_seconds, nbytes, None, prediction.describe(name))
+    seconds: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         seconds.append(time.perf_counter() - start)
+        if max_seconds is not None and seconds[-1] > max_seconds:
+            break
+    if observed is not None and count:
+        observed.append(count / min(seconds))
     return UnitCost(compile_seconds, nbytes, min(seconds))

@@ -158,3 +158,22 @@ def test_accelerator_path_counts_the_memory_of_the_whole_window_scan():
     for mode in ("forward", "reverse"):
         outer = gc.OuterConfig("glocal", total_steps=4, tau=4, sigma=3, m=1, mode=mode)
         assert dr.window_scan_bytes(problem, state, phi, key, outer) > 0
+
+
+def test_the_rate_a_network_achieved_predicts_its_next_call():
+    """A timed call records the flop/s it ran at; a later call of the same network is
+    predicted at the slowest recorded rate, so a device rate that errs short is corrected."""
+    import jax
+    import jax.numpy as jnp
+
+    fn, x = jax.jit(lambda x: jnp.sum(x @ x)), jnp.ones((64, 64))
+    observed: list[float] = []
+    unit = dr.measure_unit(fn, (x,), repeats=2, budget=2**30, max_seconds=1e9,
+                           observed=observed)
+    assert unit.seconds > 0 and len(observed) == 1 and observed[0] > 0
+    slow = [2 * 64**3 / 10.0]  # a rate at which one call takes 10 s
+    unit = dr.measure_unit(fn, (x,), repeats=1, budget=2**30, name="step", max_seconds=5,
+                           observed=slow)
+    assert unit.seconds is None and unit.why.startswith("step not timed: ")
+    assert dr.measure_unit(fn, (x,), repeats=1, budget=2**30, max_seconds=5,
+                           predict_from=1.0).seconds > 0
