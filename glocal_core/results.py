@@ -368,3 +368,26 @@ def update_ratios(runs: Sequence[OuterResult], name: str) -> UpdateRatios:
         used, windows = used + int(kept.sum()), windows + len(kept)
         ratios.append(np.abs(r.hypergradient[kept, column] / r.local_hypergradient[kept, column]))
     return UpdateRatios(used, windows, np.concatenate(ratios) if ratios else np.zeros(0))
+
+
+class Fallbacks(NamedTuple):
+    """How a strategy's runs stepped: `windows` in all, `fell` of them back to h_τ, and
+    `kinds` (`{fallback kind: windows}`, in first-seen order)."""
+
+    windows: int
+    fell: int
+    kinds: dict[str, int]
+
+    @property
+    def used(self) -> int:
+        """Windows that stepped with the estimator's own estimate."""
+        return self.windows - self.fell
+
+
+def fallbacks(runs: Sequence[OuterResult]) -> Fallbacks:
+    """`Fallbacks` pooled over `runs` (the seeds of one strategy)."""
+    kinds: dict[str, int] = {}
+    for kind in (k for r in runs for k in r.fallback_reason if k):
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return Fallbacks(sum(len(r.fallback) for r in runs),
+                     sum(int(np.sum(r.fallback)) for r in runs), kinds)

@@ -23,6 +23,7 @@ from .results import (
     benchmark_title,
     describe_data,
     estimator_title,
+    fallbacks,
     final,
     provenance,
     strategy_title,
@@ -85,14 +86,10 @@ def estimator_usage(runs: Sequence[OuterResult]) -> str:
     """How often the runs' estimator stepped with its own estimate, and why it fell back
     elsewhere, e.g. `"paper (Eq. 14): its estimate in 53 of 80 windows (66%) over 2 run(s);
     ..."`."""
-    fell, windows = sum(int(np.sum(r.fallback)) for r in runs), sum(len(r.fallback) for r in runs)
-    kinds: dict[str, int] = {}
-    for kind in (k for r in runs for k in r.fallback_reason if k):
-        kinds[kind] = kinds.get(kind, 0) + 1
-    method = runs[0].config.dmd.method
-    return (f"{method} ({estimator_title(method)}): its estimate in {windows - fell} of "
-            f"{windows} windows ({(windows - fell) / max(windows, 1):.0%}) over {len(runs)} "
-            f"run(s); fell back in {fell}: {kinds or 'no fallbacks'}")
+    f, method = fallbacks(runs), runs[0].config.dmd.method
+    return (f"{method} ({estimator_title(method)}): its estimate in {f.used} of "
+            f"{f.windows} windows ({f.used / max(f.windows, 1):.0%}) over {len(runs)} "
+            f"run(s); fell back in {f.fell}: {f.kinds or 'no fallbacks'}")
 
 
 def setup_table(exp: Experiment) -> Table:
@@ -348,13 +345,9 @@ def fallback_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]]) 
     rows = []
     for panel, runs in groups.items():
         for strategy, results in ((s, r) for s, r in runs.items() if s.startswith("glocal")):
-            windows = sum(len(r.fallback) for r in results)
-            fell = sum(int(np.sum(r.fallback)) for r in results)
-            kinds: dict[str, int] = {}
-            for kind in (k for r in results for k in r.fallback_reason if k):
-                kinds[kind] = kinds.get(kind, 0) + 1
+            f = fallbacks(results)
             rows.append((panel.title, strategy_title(strategy),
-                         f"{windows - fell} of {windows} ({(windows - fell) / max(windows, 1):.0%})",
-                         "; ".join(f"{k}: {n}" for k, n in kinds.items()) or "none"))
+                         f"{f.used} of {f.windows} ({f.used / max(f.windows, 1):.0%})",
+                         "; ".join(f"{k}: {n}" for k, n in f.kinds.items()) or "none"))
     return Table(("data", "strategy", "windows with its estimate", "fell back: why (windows)"),
                  tuple(rows))
