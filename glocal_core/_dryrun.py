@@ -324,6 +324,17 @@ def _bench_specs(bench) -> list:
     ]
 
 
+def problem_groups(name: str) -> list[list["ex.RunSpec"]]:
+    """The runs of experiment `name` at `full` (Table 3's strategies as runs), grouped by the
+    problem they share (`_problem_key`), in the experiment's order: each group is dry-run
+    with one build and one compilation."""
+    exp = ex.experiment(name, "full")
+    groups: dict = {}
+    for spec in list(exp.runs) or _bench_specs(exp.bench):
+        groups.setdefault(_problem_key(spec), []).append(spec)
+    return list(groups.values())
+
+
 def dry_run(name: str, *, steps: int = 2, data_dir=None, progress: bool = True,
             problems: int | None = None,
             max_call_seconds: float | None = MAX_CALL_SECONDS) -> list[DryRun]:
@@ -346,12 +357,7 @@ def dry_run(name: str, *, steps: int = 2, data_dir=None, progress: bool = True,
     """
     if steps < 1:
         raise ValueError(f"steps={steps}: a dry run needs at least one step.")
-    exp = ex.experiment(name, "full")
-    specs = list(exp.runs) or _bench_specs(exp.bench)
-    groups: dict = {}
-    for spec in specs:
-        groups.setdefault(_problem_key(spec), []).append(spec)
-    chosen = list(groups.values())[:problems]
+    chosen = problem_groups(name)[:problems]
     specs = [spec for members in chosen for spec in members]
     rows = {}
     for members in chosen:

@@ -109,15 +109,8 @@ def dry_run_plan(experiments=FULL_EXPERIMENTS) -> list[dict]:
     of each experiment, then the second, ... **Returns:** dicts with `experiment`, `problem`
     (1-based), `problems` (of that experiment), `first` (a run's label), `runs` (`RunSpec`s)."""
     from . import _dryrun as dr
-    from . import experiments as ex
 
-    per_experiment = {}
-    for name in experiments:
-        exp = ex.experiment(name, "full")
-        groups: dict = {}
-        for spec in list(exp.runs) or dr._bench_specs(exp.bench):
-            groups.setdefault(dr._problem_key(spec), []).append(spec)
-        per_experiment[name] = list(groups.values())
+    per_experiment = {name: dr.problem_groups(name) for name in experiments}
     plan = []
     for turn in range(max(map(len, per_experiment.values()), default=0)):
         for name, groups in per_experiment.items():
