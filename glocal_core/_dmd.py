@@ -224,11 +224,26 @@ def mode_contributions(fit: DMDFit, n) -> np.ndarray:
 
     **Returns:**
 
-    Complex, `(rank, q)` for a scalar `n`, `(len(n), rank, q)` for an array.
+    Complex, `(rank, q)` for a scalar `n`, `(len(n), rank, q)` for an array. A term whose
+    size `|λ_j|^n |b_j u_j|` exceeds the largest float (a mode outside the unit circle, far
+    enough ahead) is infinite, with its phase; a term that is zero at `n = 0` stays zero.
     """
     n = np.asarray(n)
     at_zero = _unhankel(fit, np.diag(fit.amplitudes), shift=True)  # (rank, q)
-    return (fit.eigenvalues ** n[..., None])[..., None] * at_zero
+    lam = fit.eigenvalues
+    # λ^n b_j u_j as a size |λ|^n |b_j u_j| times a phase: the size overflows to inf, by
+    # design, for |λ| > 1 and large n, where `lam ** n` would give inf + nan·i. Each product
+    # is taken only where its factors are non-zero, so inf never meets a zero.
+    with np.errstate(over="ignore"):
+        growth = (np.abs(lam) ** n[..., None])[..., None]
+        size = np.multiply(growth, np.abs(at_zero), out=np.zeros(np.broadcast_shapes(
+            growth.shape, at_zero.shape)), where=at_zero != 0)
+    theta = (n[..., None] * np.angle(lam))[..., None] + np.angle(at_zero)
+    parts = [np.multiply(size, w, out=np.zeros_like(size), where=(size != 0) & (w != 0))
+             for w in (np.cos(theta), np.sin(theta))]
+    terms = np.empty(size.shape, dtype=complex)
+    terms.real, terms.imag = parts  # not parts[0] + 1j * parts[1]: 1j * inf is nan + inf·i
+    return terms
 
 
 def mode_magnitudes(fit: DMDFit, n, *, component: int | None = None) -> np.ndarray:
@@ -237,8 +252,10 @@ def mode_magnitudes(fit: DMDFit, n, *, component: int | None = None) -> np.ndarr
     or the Euclidean norm over all `q` (`None`). `(rank,)` for a scalar `n`, else
     `(len(n), rank)`."""
     terms = mode_contributions(fit, n)
-    return np.abs(terms[..., component]) if component is not None else np.linalg.norm(
-        terms, axis=-1)
+    if component is not None:
+        return np.abs(terms[..., component])
+    with np.errstate(over="ignore"):  # a norm past the largest float is inf, as its terms
+        return np.sqrt((np.abs(terms) ** 2).sum(axis=-1))
 
 
 def forecast(fit: DMDFit, n) -> np.ndarray:
@@ -252,9 +269,12 @@ def forecast(fit: DMDFit, n) -> np.ndarray:
 
     **Returns:**
 
-    `(q,)` for a scalar `n`, `(len(n), q)` for an array.
+    `(q,)` for a scalar `n`, `(len(n), q)` for an array. A forecast whose largest term
+    overflows (`mode_contributions`) is `±inf`, or `nan` where infinite terms of opposite
+    signs meet.
     """
-    return mode_contributions(fit, n).sum(axis=-2).real
+    with np.errstate(invalid="ignore"):  # inf - inf: no size to give, so nan, as documented
+        return mode_contributions(fit, n).real.sum(axis=-2)
 
 
 def estimate_steady_state(

@@ -6,6 +6,13 @@ show every image, at a scale where its labels read (`MIN_SCALE`), and typeset ev
 MathJax output where the source has maths, and no raw TeX left in the text a reader sees.
 The window is 1100 px wide, where the article column is about 800 px.
 
+It also reads each page's text as a reader does, and fails on what a reader should never
+see: a line that looks like a Markdown table row (a table that reached the page as a
+paragraph of pipes), an absolute path of the machine that built the book (its checkout, its
+result cache or `$HOME`), a `Warning:` or `Traceback` in a cell's output, and an output or a
+displayed formula wider than its column, which hides numbers behind a sideways scroll bar
+(code input may scroll).
+
 `GLOCAL_BOOK_DIR=<the built _build/html>` selects the build (`make browser` sets it);
 without it the test skips. `GLOCAL_SCREENSHOT_DIR=<dir>` saves a full-page screenshot of
 every page.
@@ -30,15 +37,34 @@ TYPESET = ("(window.MathJax && MathJax.startup && MathJax.startup.promise"
 # (plotting.BOOK_WIDTH and glocal_core/book.mplstyle size figures for this).
 MIN_SCALE = 0.8
 PAGE_STATE = """(() => {
+  const article = document.querySelector('article') || document.body;
   const text = (() => {
-    const article = document.querySelector('article') || document.body;
     const copy = article.cloneNode(true);
     copy.querySelectorAll('pre, code, script, style, mjx-container, mjx-assistive-mml')
         .forEach(e => e.remove());
     return copy.innerText;
   })();
+  const reading = (() => {  // what a reader sees: the page less code input and hidden MathML
+    const copy = article.cloneNode(true);
+    copy.querySelectorAll('.cell_input, script, style, mjx-assistive-mml')
+        .forEach(e => e.remove());
+    return copy.innerText;
+  })();
+  const column = article.getBoundingClientRect();
+  const describe = e => `${e.tagName.toLowerCase()}${e.className ? '.' +
+      String(e.className).trim().split(/\s+/).join('.') : ''} "` +
+      e.innerText.trim().replace(/\s+/g, ' ').slice(0, 70) + '"';
+  const boxes = [...article.querySelectorAll(
+      '.cell_output, .cell_output .output, .cell_output pre, .cell_output table, ' +
+      'div.math, mjx-container[display="true"], table')];
   const images = [...document.querySelectorAll('img')];
   return {
+    reading: reading,
+    outputs: [...article.querySelectorAll('.cell_output')].map(e => e.innerText),
+    wide: boxes.filter(e => e.getClientRects().length && !e.closest('.cell_input') &&
+                       (e.scrollWidth > e.clientWidth + 1 ||
+                        e.getBoundingClientRect().right > column.right + 1))
+        .map(e => `${describe(e)}: ${e.scrollWidth} px in ${e.clientWidth} px`),
     maths: document.querySelectorAll('.math').length,
     typeset: document.querySelectorAll('mjx-container').length,
     rawTeX: [...text.matchAll(/\\\\\\(|\\\\\\[|\\$\\$/g)].map(m =>
@@ -50,6 +76,35 @@ PAGE_STATE = """(() => {
                   `${Math.round(i.getBoundingClientRect().width)} px`),
   };
 })()""".replace("MIN_SCALE", str(MIN_SCALE))
+
+
+# A Markdown table row shown as text: pipes around a `---` rule or an em-dash cell.
+MARKDOWN_ROW = re.compile(r"\|\s*:?-{3,}:?\s*\||\|\s*—\s*\|")
+OUTPUT_NOISE = re.compile(r"Warning:|Traceback")
+
+
+def _build_paths(book: Path) -> list[str]:
+    """Absolute paths of the machine that built the book, which no page may show: the
+    checkout it was built from, this checkout, the result cache and `$HOME`."""
+    candidates = {book.resolve().parents[1], ROOT, Path.home()}
+    if os.environ.get("GLOCAL_CACHE_DIR"):
+        candidates.add(Path(os.environ["GLOCAL_CACHE_DIR"]).resolve())
+    return sorted({str(p) for p in candidates if len(p.parts) > 1}, key=len, reverse=True)
+
+
+def reading_problems(state: dict, build_paths: list[str]) -> dict[str, list[str]]:
+    """What the text of a page shows that a reader should not see (see the module's
+    docstring), from `PAGE_STATE`: a dict from problem to its excerpts, empty if none."""
+    lines = [line.strip() for line in state["reading"].splitlines()]
+    return {
+        "Markdown table rows": [line[:100] for line in lines if MARKDOWN_ROW.search(line)],
+        "build paths": [line[:120] for line in lines
+                        if any(path in line for path in build_paths)],
+        "warnings or tracebacks in outputs": [
+            line.strip()[:120] for output in state["outputs"] for line in output.splitlines()
+            if OUTPUT_NOISE.search(line)],
+        "wider than the column": state["wide"],
+    }
 
 
 def _pages(root: Path) -> list[Path]:
@@ -89,8 +144,9 @@ def test_the_book_has_its_pages(book):
 
 
 @pytest.mark.browser
-def test_every_page_loads_offline_with_typeset_maths(book, chromium):
+def test_every_page_loads_offline_typeset_and_readable(book, chromium):
     shots, problems, checked = screenshot_dir(), {}, 0
+    build_paths = _build_paths(book)
     for page in _pages(book):
         target = _redirect(page)
         if target is not None:
@@ -106,6 +162,7 @@ def test_every_page_loads_offline_with_typeset_maths(book, chromium):
             "images not loaded": state["unloaded"],
             "raw TeX in the text": state["rawTeX"],
             "figures too small to read": state["shrunk"],
+            **reading_problems(state, build_paths),
         }
         if state["maths"]:
             if not typeset:
@@ -121,3 +178,38 @@ def test_every_page_loads_offline_with_typeset_maths(book, chromium):
         checked += 1
     assert checked >= 10
     assert not problems, "\n".join(f"{page}: {found}" for page, found in problems.items())
+
+
+def _state(reading="", outputs=(), wide=()):
+    return {"reading": reading, "outputs": list(outputs), "wide": list(wide)}
+
+
+def test_reading_problems_are_found_in_the_text_a_reader_sees():
+    paths = ["/srv/build/glocal-book", "/home/reader"]
+    found = reading_problems(_state(
+        reading="Setup\n| data | strategy | finished | | --- | --- | --- | | FMNIST | local | 2/2 |\n"
+                "| local | 0.85 | — | — |\nresults cached under /srv/build/glocal-book/_build/cache\n"
+                "loaded from /home/reader/data",
+        outputs=["/srv/x.py:231: RuntimeWarning: overflow encountered in power",
+                 "Traceback (most recent call last):"],
+        wide=['pre "glocal (mean) minus global": 1200 px in 800 px']), paths)
+    assert len(found["Markdown table rows"]) == 2
+    assert len(found["build paths"]) == 2
+    assert len(found["warnings or tracebacks in outputs"]) == 2
+    assert found["wider than the column"]
+
+
+def test_a_readable_page_has_no_reading_problems():
+    found = reading_problems(_state(
+        reading="strategy\tfinal test accuracy\nlocal\t0.853 ± 0.009\n"
+                "a | b is a set, and x — y a dash; the root of a\n| x | = 1",
+        outputs=["glocal (window mean) minus global: −0.2 points", "warnings: none"]),
+        ["/srv/build/glocal-book"])
+    assert not any(found.values()), found
+
+
+def test_build_paths_name_the_checkout_and_home(tmp_path):
+    book = tmp_path / "checkout" / "_build" / "html"
+    paths = _build_paths(book)
+    assert str(tmp_path / "checkout") in paths and str(ROOT) in paths
+    assert str(Path.home()) in paths or len(Path.home().parts) <= 1

@@ -202,6 +202,22 @@ def test_mode_contributions_are_the_terms_of_the_forecast():
     np.testing.assert_allclose(mode_magnitudes(fit, 3, component=1), np.abs(terms[3, :, 1]))
 
 
+@pytest.mark.filterwarnings("error")
+def test_a_growing_mode_forecasts_infinity_far_ahead_without_warnings():
+    """A mode outside the unit circle grows past the largest float: its term is infinite,
+    a component it does not touch stays finite, and nothing warns or turns into nan."""
+    t = np.arange(80)
+    H = np.stack([1.05**t, np.zeros_like(t, dtype=float), 0.5 + 0.9**t], axis=1)
+    fit = hankel_dmd(H, 6)
+    assert np.abs(fit.eigenvalues).max() > 1.04
+    far = forecast(fit, 20_000)
+    assert far[0] == np.inf and far[1] == 0.0
+    near = forecast(fit, np.arange(3))
+    np.testing.assert_allclose(near[:, 0], 1.05 ** np.arange(79, 82), rtol=1e-6)
+    sizes = mode_magnitudes(fit, np.array([0, 20_000]))
+    assert np.isinf(sizes[1]).any() and not np.isnan(sizes).any()
+
+
 def test_dmd_defaults_are_the_defaults_of_the_estimators():
     import inspect
 
