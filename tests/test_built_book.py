@@ -52,8 +52,8 @@ PAGE_STATE = """(() => {
   })();
   const column = article.getBoundingClientRect();
   const describe = e => `${e.tagName.toLowerCase()}${e.className ? '.' +
-      String(e.className).trim().split(/\s+/).join('.') : ''} "` +
-      e.innerText.trim().replace(/\s+/g, ' ').slice(0, 70) + '"';
+      String(e.className).trim().split(/\\s+/).join('.') : ''} "` +
+      e.innerText.trim().replace(/\\s+/g, ' ').slice(0, 70) + '"';
   const boxes = [...article.querySelectorAll(
       '.cell_output, .cell_output .output, .cell_output pre, .cell_output table, ' +
       'div.math, mjx-container[display="true"], table')];
