@@ -16,8 +16,6 @@ from ._data import prepare_tfds as prepare_tfds
 from ._data import sample_batch as sample_batch
 from ._data import to_device as to_device
 from ._dmd import DMDFit as DMDFit
-from ._dmd import SteadyState as SteadyState
-from ._dmd import estimate_steady_state as estimate_steady_state
 from ._dmd import forecast as forecast
 from ._dmd import mode_contributions as mode_contributions
 from ._dmd import mode_magnitudes as mode_magnitudes
@@ -25,8 +23,10 @@ from ._dmd import hankel as hankel
 from ._dmd import FALLBACK_KINDS as FALLBACK_KINDS
 from ._dmd import hankel_dmd as hankel_dmd
 from ._estimators import DEFAULT_METHOD as DEFAULT_METHOD
-from ._estimators import DMD_DEFAULTS as DMD_DEFAULTS
-from ._estimators import DMDSettings as DMDSettings
+from ._estimators import ESTIMATOR_DEFAULTS as ESTIMATOR_DEFAULTS
+from ._estimators import EstimatorSettings as EstimatorSettings
+from ._estimators import ModeFit as ModeFit
+from ._crossval import CrossValidation as CrossValidation
 from ._estimators import METHODS as METHODS
 from ._estimators import Estimate as Estimate
 from ._estimators import glocal_estimate as glocal_estimate

@@ -197,14 +197,18 @@ def _fidelity(args) -> int:
         return 2
     rows = gf.fidelity_rows(exp, results)
     best = {r["recording"]: gf.best_estimator(rows, r["recording"]) for r in rows}
+    synthetic, costs = gf.synthetic_rows(), gf.estimator_costs()
     if args.json:
         print(json.dumps({"profile": profile, "default": DEFAULT_METHOD, "best": best,
-                          "rows": rows}))
+                          "rows": rows, "synthetic": synthetic, "costs": costs}))
         return 0
     print(gt.from_dicts(gf.format_fidelity(rows), caption=gr.provenance(exp)))
     for recording, method in best.items():
         print(f"closest to h_T on {recording}: {method}")
-    print(f"library default (glocal_core.DEFAULT_METHOD): {DEFAULT_METHOD}")
+    print("\n".join(gf.summary_lines(rows)))
+    print(gt.from_dicts(gf.format_fidelity(synthetic), caption="synthetic windows, exact "
+                        "limits (sigma 80, m 10, q 3, 20 windows per case)"))
+    print(gt.from_dicts(gf.format_fidelity(costs), caption="cost per estimate on this machine"))
     return 0
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from ._hypergrad import track_forward, track_reverse, warm_up, zero_tangents
 from ._hyperparams import sgd
 from ._models import MLP, LeNet, MetaMLP
-from ._estimators import DMDSettings
+from ._estimators import EstimatorSettings
 from ._outer import STRATEGIES, OuterConfig, run_outer
 from ._problems import classification_problem, reweighting_problem
 
@@ -87,13 +87,13 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict:
     for strategy in STRATEGIES:
         outer = OuterConfig(strategy, total_steps=config.steps, tau=config.tau,
                             sigma=config.sigma, m=config.m, eval_every=10**9,
-                            dmd=DMDSettings(method=METHOD))
+                            estimator=EstimatorSettings(method=METHOD))
         result = run_outer(problem, outer, key=k_run, progress=progress, desc=f"bench {strategy}")
         seconds[strategy] = float(np.sum(result.seconds_window + result.seconds_playout
-                                         + result.seconds_dmd))
+                                         + result.seconds_estimate))
         compile_seconds[strategy] = result.seconds_compile
         if strategy == "glocal":
-            dmd_ms = 1e3 * float(np.mean(result.seconds_dmd))
+            dmd_ms = 1e3 * float(np.mean(result.seconds_estimate))
     return {
         "config": dataclasses.asdict(config),
         "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.machine()}",

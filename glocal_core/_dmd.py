@@ -1,4 +1,5 @@
-"""Hankel DMD and the glocal (steady-state) hypergradient estimate, Eq. 10, 13 and 14.
+"""Hankel DMD, Eq. 10 and 13: the fit, its forecast and its modes' terms. Eq. 14, the
+paper's steady-state estimate built on it, is the `paper` method of `_estimators`.
 
 Everything here runs on the host in NumPy, in float64/complex128. The matrices are tiny
 (at most `m*q` by `sigma`), and JAX has no non-symmetric eigendecomposition on the GPU, so a
@@ -55,19 +56,6 @@ SINGULAR = "singular"
 FALLBACK_KINDS = (NO_EIGENVALUE, NOT_FINITE, IMAGINARY, TOO_LARGE, SINGULAR)
 # DMD variants that `hankel_dmd` fits; None is exact DMD.
 DEBIAS = (None, "fb", "tls")
-
-
-class SteadyState(NamedTuple):
-    """The glocal estimate with the diagnostics an outer loop should record."""
-
-    value: np.ndarray  # (q,) the estimate, or `local` when `fallback`
-    local: np.ndarray  # (q,) the last row of H, the local hypergradient
-    fallback: bool
-    reason: str  # why it fell back, for people; "" when it did not
-    spectral_radius: float
-    kept: np.ndarray  # bool (r,), eigenvalues with |λ - 1| ≤ delta
-    fit: DMDFit
-    kind: str = ""  # why it fell back, as data: one of FALLBACK_KINDS, or ""
 
 
 def _check_trajectory(H, m: int, sigma: int | None = None) -> np.ndarray:
@@ -275,68 +263,3 @@ def forecast(fit: DMDFit, n) -> np.ndarray:
     """
     with np.errstate(invalid="ignore"):  # inf - inf: no size to give, so nan, as documented
         return mode_contributions(fit, n).real.sum(axis=-2)
-
-
-def estimate_steady_state(
-    H,
-    sigma: int = 80,
-    m: int = 10,
-    *,
-    delta: float = _DELTA,
-    rtol: float = _RTOL,
-    rank: int | None = None,
-    max_growth: float = _MAX_GROWTH,
-    debias: str | None = None,
-) -> SteadyState:
-    """The glocal hypergradient of Eq. 14 with its diagnostics.
-
-    Fits `hankel_dmd(H[-sigma:], m)`, keeps the modes with `|λ - 1| <= delta` and returns
-    `g^{-1}(Σ_kept b_j u_j)`. Falls back to the local hypergradient `H[-1]` (and says why in
-    `reason`) when no eigenvalue is within `delta` of 1, when the estimate is not finite or
-    not real, or when its norm exceeds `max_growth` times the largest row norm in the window.
-    A spectral radius above 1 is reported, not acted on: noise routinely puts spurious
-    eigenvalues just outside the unit circle.
-
-    **Arguments:**
-
-    - `H`: an `(L, q)` trajectory of local hypergradients, `h_t` as rows (Eq. 12).
-    - `sigma`: use the last `sigma` rows.
-    - `m`: the number of delays, `m < sigma`.
-    - `delta`, `rtol`, `rank`, `max_growth`, `debias`: as above and in `hankel_dmd`.
-
-    **Returns:**
-
-    A `SteadyState`; `kind` names a fallback as data (one of `FALLBACK_KINDS`).
-    """
-    if not delta > 0:
-        raise ValueError(f"`delta` must be positive, got {delta}; the default is {_DELTA}.")
-    if not max_growth > 0:
-        raise ValueError(f"`max_growth` must be positive, got {max_growth}.")
-    window = _check_trajectory(H, m, sigma)
-    fit = hankel_dmd(window, m, rank=rank, rtol=rtol, debias=debias)
-    local = window[-1]
-    kept = np.abs(fit.eigenvalues - 1.0) <= delta
-    radius = float(np.max(np.abs(fit.eigenvalues), initial=0.0))
-
-    def result(value, kind="", reason=""):
-        return SteadyState(value, local, bool(kind), reason, radius, kept, fit, kind)
-
-    if not np.any(kept):
-        # With every |λ| < 1 the sum of Eq. 14 is empty, i.e. zero; a steady state of exactly
-        # zero is rare for a hypergradient, so this is reported rather than trusted.
-        reason = f"no eigenvalue within delta={delta} of 1 (spectral radius {radius:.3g})"
-        return result(local, NO_EIGENVALUE, reason)
-    estimate = _unhankel(fit, np.where(kept, fit.amplitudes, 0.0), shift=False)
-    norm, largest = np.linalg.norm(estimate), np.max(np.linalg.norm(window, axis=1))
-    if not np.all(np.isfinite(estimate)):
-        return result(local, NOT_FINITE, "estimate not finite")
-    # Kept modes of a real trajectory come in exact conjugate pairs (|λ - 1| is symmetric), so
-    # any imaginary part is round-off, amplified where a Jordan block splits into a near pair.
-    imaginary = np.linalg.norm(estimate.imag)
-    if imaginary > 1e-6 * max(norm, largest):
-        return result(local, IMAGINARY, f"estimate has an imaginary part of norm {imaginary:.3g}")
-    if unusable(estimate.real, window, max_growth):
-        return result(local, TOO_LARGE,
-                      f"estimate norm {norm:.3g} exceeds max_growth={max_growth} x {largest:.3g}")
-    return result(estimate.real)
-

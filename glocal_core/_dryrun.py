@@ -42,7 +42,7 @@ from . import _hypergrad as hg
 from ._data import (NUM_CLASSES, Dataset, DatasetNotPreparedError, Splits, _split,
                     load_dataset, to_device)
 from ._estimators import steady_state
-from ._configs import _SGD_ALL, PAPER_DMD, _sgd_initial
+from ._configs import _SGD_ALL, PAPER_ESTIMATOR, _sgd_initial
 from ._idx import has_fashion_mnist_idx
 from ._outer import OuterConfig
 from ._unitcost import UnitCost as UnitCost
@@ -225,7 +225,7 @@ def _dmd_seconds(config: OuterConfig, q: int, *, key) -> float:
     noise = np.asarray(jax.random.normal(key, (config.sigma, q)))
     rows = (1 - 0.9**t) + 0.01 * noise
     start = time.perf_counter()
-    steady_state(rows, sigma=config.sigma, m=config.m, method=config.dmd.method)
+    steady_state(rows, sigma=config.sigma, m=config.m, settings=config.estimator)
     return time.perf_counter() - start
 
 
@@ -317,7 +317,7 @@ def _bench_specs(bench) -> list:
         ex.RunSpec("table3", "full", ex.DataSpec("mnist", val_size=bench.val_size),
                    OuterConfig(strategy, total_steps=bench.steps, tau=bench.tau,
                                sigma=bench.sigma, m=bench.m, eval_every=10**9,
-                               dmd=PAPER_DMD),
+                               estimator=PAPER_ESTIMATOR),
                    model=bench.model, initial=_sgd_initial(0.1), learn=_SGD_ALL,
                    batch_size=bench.batch_size, seed=bench.seed)
         for strategy in ("none", "local", "global", "glocal")

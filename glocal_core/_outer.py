@@ -6,7 +6,7 @@ Training runs in S = T/τ windows of τ inner steps with φ_s fixed. After windo
 - `local`:  φ ← Adam step with h_{(s+1)τ}, the hypergradient at the window's end (Eq. 6);
 - `global`: φ ← Adam step with h_T, from a playout of φ_s to step T (Eq. 5; ≈ S·T/2 extra steps);
 - `glocal`: φ ← Adam step with ĥ∞, the steady state of the window's last σ hypergradients
-  by `config.dmd.method` (default `DEFAULT_METHOD`; `"paper"` is the λ ≈ 1 part of a Hankel
+  by `config.estimator.method` (default `DEFAULT_METHOD`; `"paper"` is the λ ≈ 1 part of a Hankel
   DMD, Eq. 11–14); where the estimator has no steady state, the local one, recorded.
 
 The `global` run also fits the DMD to its window (at the price of σ − 1 more validation
@@ -38,7 +38,8 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
-from ._estimators import DMD_DEFAULTS, METHODS, DMDSettings
+from ._crossval import min_window
+from ._estimators import ESTIMATOR_DEFAULTS, EstimatorSettings
 from ._io import load_pickle, save_pickle
 from ._outer_step import Diverged, WindowRecord, compile_step, init, step
 from ._problems import BilevelProblem
@@ -66,9 +67,13 @@ class OuterConfig:
       at smoke, every estimator's median error to h_T was below that of carried Z (window
       mean 0.81 against 1.25; local 1.07 against 1.64), and with Z carried none beat
       predicting zero (error 1).
-    - `dmd`: the steady-state estimator of `glocal` (and recorded by `global`) with its
-      tolerances, a `DMDSettings` (default `DMD_DEFAULTS`); `DMDSettings(method="paper")`
-      is the paper's Eq. 14.
+    - `estimator`: the steady-state estimator of `glocal` (and recorded by `global`) with
+      its settings, an `EstimatorSettings` (default `ESTIMATOR_DEFAULTS`, method `cv`);
+      `EstimatorSettings(method="paper")` is the paper's Eq. 14.
+    - `eq14_diagnostics`: also fit Eq. 14 in every window whose estimator is not a DMD
+      method, to record its spectral radius and modes kept (one more fit per window; the
+      analysis of chapter 7 asks for it). The DMD methods record their own fit anyway. Not
+      part of a run's cache key when `False`.
     - `keep_trajectories`: keep the σ hypergradients of every window (`glocal`, `global`) in
       `OuterResult.trajectories`, to re-fit the DMD afterwards with other settings.
     - `cotangent_chunk`: cotangents pulled back at once in reverse mode (`None`: all σ). The
@@ -86,7 +91,8 @@ class OuterConfig:
     eval_every: int = 10
     mode: str = "forward"
     reset_tangents: bool = True
-    dmd: DMDSettings = DMD_DEFAULTS
+    estimator: EstimatorSettings = ESTIMATOR_DEFAULTS
+    eq14_diagnostics: bool = False
     keep_trajectories: bool = False
     cotangent_chunk: int | None = None
 
@@ -114,8 +120,16 @@ class OuterConfig:
             raise ValueError("mode='reverse' with strategy='global': playouts are forward mode.")
         if self.mode == "reverse" and not self.reset_tangents:
             raise ValueError("reset_tangents=False needs mode='forward' (reverse mode has no Z).")
-        if self.dmd.method not in METHODS:
-            raise ValueError(f"dmd.method={self.dmd.method!r}: choose one of {METHODS}.")
+        if not isinstance(self.estimator, EstimatorSettings):
+            raise ValueError(f"estimator={self.estimator!r}: pass an EstimatorSettings, e.g. "
+                             "EstimatorSettings(method='paper').")
+        try:
+            self.estimator.checked()
+            if self.strategy in ("glocal", "global") and self.estimator.method == "cv":
+                min_window(self.m, self.estimator.holdout, self.sigma)
+        except ValueError as err:
+            raise ValueError(f"estimator: {err} Or choose another estimator, e.g. "
+                             "estimator=EstimatorSettings(method='mean').") from None
         if self.eval_every < 1:
             raise ValueError(f"eval_every={self.eval_every}: must be >= 1.")
         chunk = self.cotangent_chunk
@@ -145,16 +159,16 @@ class OuterResult(NamedTuple):
     - `phi`, `hyperparameters`: raw φ_s and bounded values used in window s, `(S, q)`.
     - `hypergradient`: what updated φ after window s, `(S, q)` (zeros for `none`).
     - `local_hypergradient`: h at the window's end, `(S, q)` (NaN for `none`).
-    - `estimate`: the steady state ĥ∞ by `config.dmd.method` (h_τ where it fell back), `(S, q)`
+    - `estimate`: the steady state ĥ∞ by `config.estimator.method` (h_τ where it fell back), `(S, q)`
       (`glocal` and `global`; NaN otherwise).
     - `train_loss`: mean minibatch loss over the window; `val_loss`: ℓ̃ at its end, `(S,)`.
     - `eval_step`, `test_accuracy`: the test metric every `eval_every` windows.
-    - `spectral_radius`, `num_kept`: of the window's Hankel DMD (Eq. 14's fit, whatever the
-      estimator); `fallback`, `fallback_reason`: whether the estimator fell back and why, one
+    - `spectral_radius`, `num_kept`: of Eq. 14's fit of the window, where there was one (a
+      DMD method, or `config.eq14_diagnostics`); NaN and -1 otherwise; `fallback`, `fallback_reason`: whether the estimator fell back and why, one
       of `FALLBACK_KINDS` (`glocal`, `global`).
     - `trajectories`: the σ hypergradients of each window, `(S, σ, q)`, if
       `config.keep_trajectories`; else `None`.
-    - `seconds_window`, `seconds_playout`, `seconds_dmd`: wall time per window, `(S,)`;
+    - `seconds_window`, `seconds_playout`, `seconds_estimate`: wall time per window, `(S,)`;
       the window time includes forward-mode tracking, which is fused with training.
     - `seconds_compile`: compilation, excluded from the per-window times.
     - `stopped`: `""` if all S windows ran, else why the run stopped early.
@@ -178,7 +192,7 @@ class OuterResult(NamedTuple):
     fallback_reason: tuple[str, ...]
     seconds_window: np.ndarray
     seconds_playout: np.ndarray
-    seconds_dmd: np.ndarray
+    seconds_estimate: np.ndarray
     seconds_compile: float
     stopped: str
     trajectories: np.ndarray | None = None

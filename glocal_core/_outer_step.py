@@ -14,8 +14,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._dmd import estimate_steady_state
-from ._estimators import steady_state
+from ._estimators import ModeFit, steady_state
 from ._hypergrad import (
     Window,
     playout,
@@ -78,7 +77,7 @@ class WindowRecord(NamedTuple):
     fallback_reason: str
     seconds_window: float
     seconds_playout: float
-    seconds_dmd: float
+    seconds_estimate: float
     trajectory: np.ndarray | None
 
 
@@ -133,20 +132,21 @@ def _window(problem, config: "OuterConfig", carry: OuterState, tangents) -> Wind
 
 
 def _steady_state(config: "OuterConfig", hs: np.ndarray) -> tuple[np.ndarray, tuple, float]:
-    """ĥ∞ by `config.dmd.method`; Eq. 14's fit for the diagnostics (spectral radius, modes
-    kept, fallback and its kind); the seconds it took. NaN unless `glocal` or `global`."""
+    """ĥ∞ by `config.estimator`; the diagnostics (spectral radius and modes kept of Eq. 14's
+    fit, where there is one; whether and why it fell back); the seconds the estimate took,
+    without the diagnostics' extra fit. NaN unless `glocal` or `global`."""
     if config.strategy not in ("glocal", "global"):
-        return np.full(hs.shape[1], np.nan), (np.nan, 0, False, ""), 0.0
-    tolerances = config.dmd.tolerances()
+        return np.full(hs.shape[1], np.nan), (np.nan, -1, False, ""), 0.0
     start = time.perf_counter()
-    steady = steady_state(hs, sigma=config.sigma, m=config.m, method=config.dmd.method,
-                          **tolerances)
+    estimate = steady_state(hs, sigma=config.sigma, m=config.m, settings=config.estimator)
     seconds = time.perf_counter() - start
-    fit = steady.dmd if config.dmd.method == "paper" else estimate_steady_state(
-        hs, sigma=config.sigma, m=config.m, **tolerances)
-    diagnostics = (fit.spectral_radius, int(np.sum(fit.kept)), bool(steady.fallback),
-                   steady.fallback)
-    return steady.value, diagnostics, seconds
+    fit = estimate.fit
+    if not isinstance(fit, ModeFit) and config.eq14_diagnostics:
+        fit = steady_state(hs, sigma=config.sigma, m=config.m, settings=config.estimator,
+                           method="paper").fit
+    radius, kept = (fit.spectral_radius, int(np.sum(fit.kept))) if isinstance(
+        fit, ModeFit) else (np.nan, -1)
+    return estimate.value, (radius, kept, bool(estimate.fallback), estimate.fallback), seconds
 
 
 def step(problem: BilevelProblem, config: "OuterConfig",
@@ -178,7 +178,7 @@ def step(problem: BilevelProblem, config: "OuterConfig",
     if not np.all(np.isfinite(hs)):
         raise Diverged(f"hypergradient diverged in window {s} (non-finite h_t)")
 
-    estimate, diagnostics, seconds_dmd = _steady_state(config, hs)
+    estimate, diagnostics, seconds_estimate = _steady_state(config, hs)
     update, seconds_playout = np.zeros(q), 0.0
     if config.strategy == "local":
         update = local
@@ -202,7 +202,7 @@ def step(problem: BilevelProblem, config: "OuterConfig",
     record = WindowRecord(
         steps_done, np.asarray(phi), np.asarray(problem.space.bounded(phi)), update, local,
         estimate, train_loss, float(_val_loss(problem, params)), evaluated, test_accuracy,
-        *diagnostics, seconds_window, seconds_playout, seconds_dmd,
+        *diagnostics, seconds_window, seconds_playout, seconds_estimate,
         hs if config.keep_trajectories else None,
     )
     outer_state = carry.outer_state

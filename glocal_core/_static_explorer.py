@@ -17,15 +17,15 @@ from .plotting import OTHER_MODES_COLOR, STRATEGY_COLORS
 def describe(point, delta: float) -> str:
     """One sentence on a fitted `GridPoint`: rank, spectral radius, the eigenvalue closest
     to 1, what the estimate kept or why it fell back, and both errors against h_T."""
-    state = point.state
-    kept = int(np.sum(state.kept))
-    closest = state.fit.eigenvalues[np.argmin(np.abs(state.fit.eigenvalues - 1))] \
-        if state.fit.rank else None
+    state, fit = point.state, point.state.fit
+    kept = int(np.sum(fit.kept))
+    closest = fit.dmd.eigenvalues[np.argmin(np.abs(fit.dmd.eigenvalues - 1))] \
+        if fit.dmd.rank else None
     near = (f"; closest to 1: {closest.real:.4f}{closest.imag:+.4f}i "
             f"(|λ − 1| = {abs(closest - 1):.3g})" if closest is not None else "")
     outcome = f"fell back to the local hypergradient: {state.reason}" if state.fallback \
         else f"{kept} eigenvalue(s) within δ = {delta:g} of 1 kept"
-    return (f"rank {state.fit.rank}, spectral radius {state.spectral_radius:.4f}{near}. "
+    return (f"rank {fit.dmd.rank}, spectral radius {fit.spectral_radius:.4f}{near}. "
             f"Glocal {outcome}. Relative error against the global h_T: glocal "
             f"{point.error_glocal:.3g}, local h_τ {point.error_local:.3g}.")
 
@@ -42,11 +42,11 @@ def _point_json(point, grid) -> dict:
         return {"invalid": point.invalid}
     state = point.state
     steps = max(grid.horizon - point.tau, 1)
-    magnitudes = mode_magnitudes(state.fit, [0, steps], component=grid.component)
+    magnitudes = mode_magnitudes(state.fit.dmd, [0, steps], component=grid.component)
     return {
-        "re": _round(state.fit.eigenvalues.real, 6),
-        "im": _round(state.fit.eigenvalues.imag, 6),
-        "kept": [int(k) for k in state.kept],
+        "re": _round(state.fit.dmd.eigenvalues.real, 6),
+        "im": _round(state.fit.dmd.eigenvalues.imag, 6),
+        "kept": [int(k) for k in state.fit.kept],
         "mag": _round(magnitudes[0]),
         "magEnd": _round(magnitudes[1]),
         "est": _round(state.value),

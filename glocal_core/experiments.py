@@ -33,7 +33,7 @@ from ._configs import DESCRIPTIONS as DESCRIPTIONS
 from ._configs import EXPERIMENTS as EXPERIMENTS
 from ._configs import PAPER_FIG3 as PAPER_FIG3
 from ._configs import PAPER_TABLE2 as PAPER_TABLE2
-from ._configs import PAPER_DMD as PAPER_DMD
+from ._configs import PAPER_ESTIMATOR as PAPER_ESTIMATOR
 from ._configs import PAPER_TABLE3 as PAPER_TABLE3
 from ._configs import PROFILES as PROFILES
 from ._configs import SMOKE_STEPS as SMOKE_STEPS

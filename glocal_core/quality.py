@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ._dmd import NO_EIGENVALUE, SteadyState, estimate_steady_state
+from ._dmd import NO_EIGENVALUE
+from ._estimators import Estimate, steady_state
 from ._outer import OuterResult
 from .results import Curve, over_seeds
 
@@ -68,32 +69,33 @@ def relative_error(value, target) -> np.ndarray:
 class Refit(NamedTuple):
     """Eq. 14 re-fitted to every window of a run: `value` `(S, q)` (h_τ where it fell back),
     per window `fallback`, `no_eigenvalue_near_one`, `spectral_radius`, `num_kept`, and the
-    `SteadyState`s."""
+    `Estimate`s (`method="paper"`, each with its `ModeFit`)."""
 
     value: np.ndarray
     fallback: np.ndarray
     no_eigenvalue_near_one: np.ndarray
     spectral_radius: np.ndarray
     num_kept: np.ndarray
-    states: tuple[SteadyState, ...]
+    states: tuple[Estimate, ...]
 
 
 def refit(trajectories, sigma: int, m: int, *, delta: float | None = None,
           rtol: float | None = None) -> Refit:
-    """`estimate_steady_state` on the last `sigma` rows (`1 <= m < sigma <= L`) of every
+    """Eq. 14 (`steady_state(..., method="paper")`) on the last `sigma` rows (`1 <= m < sigma <= L`) of every
     window of `trajectories` `(S, L, q)` (e.g. `OuterResult.trajectories`); `delta`, `rtol`:
     its tolerances (`None`: its defaults)."""
     kwargs = {k: v for k, v in (("delta", delta), ("rtol", rtol)) if v is not None}
     trajectories = np.asarray(trajectories, dtype=np.float64)
     if trajectories.ndim != 3:
         raise ValueError(f"`trajectories` must be (S, L, q), got shape {trajectories.shape}.")
-    states = tuple(estimate_steady_state(H, sigma=sigma, m=m, **kwargs) for H in trajectories)
+    states = tuple(steady_state(H, sigma=sigma, m=m, method="paper", **kwargs)
+                   for H in trajectories)
     return Refit(
         value=np.array([s.value for s in states]).reshape(len(states), trajectories.shape[-1]),
-        fallback=np.array([s.fallback for s in states], dtype=bool),
-        no_eigenvalue_near_one=np.array([not np.any(s.kept) for s in states], dtype=bool),
-        spectral_radius=np.array([s.spectral_radius for s in states]),
-        num_kept=np.array([int(np.sum(s.kept)) for s in states]),
+        fallback=np.array([bool(s.fallback) for s in states], dtype=bool),
+        no_eigenvalue_near_one=np.array([not np.any(s.fit.kept) for s in states], dtype=bool),
+        spectral_radius=np.array([s.fit.spectral_radius for s in states]),
+        num_kept=np.array([int(np.sum(s.fit.kept)) for s in states]),
         states=states,
     )
 
@@ -150,8 +152,8 @@ def estimate_quality(result: OuterResult, *, sigma: int | None = None, m: int | 
         if result.trajectories is None:
             raise ValueError("Re-fitting needs a run with keep_trajectories=True.")
         fit = refit(result.trajectories, sigma or result.config.sigma, m or result.config.m,
-                    delta=delta if delta is not None else result.config.dmd.delta,
-                    rtol=result.config.dmd.rtol)
+                    delta=delta if delta is not None else result.config.estimator.delta,
+                    rtol=result.config.estimator.rtol)
         glocal, fallback = fit.value, fit.fallback
         no_one, radius = fit.no_eigenvalue_near_one, fit.spectral_radius
     step = np.asarray(result.step)

@@ -64,6 +64,7 @@ HYPERPARAMETER_TITLES = {
 STRATEGY_ORDER = ("none", "local", "global", "glocal", "glocal-paper")
 # How a reader is told each steady-state estimator (`_estimators.METHODS`) apart.
 ESTIMATOR_TITLES = {
+    "cv": "cross-validated",
     "paper": "Eq. 14",
     "mean": "window mean",
     "local": "last row",
@@ -84,7 +85,7 @@ def strategy_title(key: str) -> str:
     """What a legend, table or caption shows for a strategy key (`RunSpec.strategy_key`):
     glocal names its estimator, so that the library's default is never taken for the paper's.
 
-    `glocal` → `"glocal (window mean)"` while `_estimators.DEFAULT_METHOD` is `mean` (read at
+    `glocal` → `"glocal (cross-validated)"` while `_estimators.DEFAULT_METHOD` is `cv` (read at
     each call, so the title follows the default), `glocal-paper` → `"glocal (Eq. 14)"`,
     `glocal-<method>` → `"glocal (<estimator_title(method)>)"`; `none`, `local`, `global` and
     other keys unchanged.
@@ -315,7 +316,7 @@ def final(runs: Sequence[OuterResult]) -> Final:
                              else np.full(q, np.nan)),
         fallbacks=int(sum(np.sum(r.fallback) for r in runs)),
         windows=int(sum(len(r.step) for r in runs)),
-        seconds=float(np.mean([np.sum(r.seconds_window + r.seconds_playout + r.seconds_dmd)
+        seconds=float(np.mean([np.sum(r.seconds_window + r.seconds_playout + r.seconds_estimate)
                                for r in runs])),
         stopped=tuple(r.stopped for r in runs if r.stopped),
     )

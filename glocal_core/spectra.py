@@ -34,8 +34,8 @@ def window_spectra(result: OuterResult) -> WindowSpectra:
     if result.trajectories is None:
         raise ValueError("window_spectra needs a run with keep_trajectories=True.")
     c = result.config
-    fit = refit(result.trajectories, c.sigma, c.m, delta=c.dmd.delta, rtol=c.dmd.rtol)
-    gap = np.array([np.min(np.abs(s.fit.eigenvalues - 1.0), initial=np.inf)
+    fit = refit(result.trajectories, c.sigma, c.m, delta=c.estimator.delta, rtol=c.estimator.rtol)
+    gap = np.array([np.min(np.abs(s.fit.dmd.eigenvalues - 1.0), initial=np.inf)
                     for s in fit.states])
     return WindowSpectra(fit.spectral_radius, gap, fit.fallback)
 
@@ -91,10 +91,10 @@ def error_terms(result: OuterResult, *, delta: float | None = None) -> ErrorTerm
         raise ValueError("error_terms needs a `global` run with keep_trajectories=True.")
     c = result.config
     fit = refit(result.trajectories, c.sigma, c.m,
-                delta=delta if delta is not None else c.dmd.delta, rtol=c.dmd.rtol)
+                delta=delta if delta is not None else c.estimator.delta, rtol=c.estimator.rtol)
     target = np.asarray(result.hypergradient, dtype=np.float64)
     horizon = c.total_steps - np.asarray(result.step)
-    ahead = np.array([forecast(s.fit, int(n)) for s, n in zip(fit.states, horizon)])
+    ahead = np.array([forecast(s.fit.dmd, int(n)) for s, n in zip(fit.states, horizon)])
     norm = np.linalg.norm(target, axis=1)
     return ErrorTerms(horizon, np.linalg.norm(target - fit.value, axis=1) / norm,
                       np.linalg.norm(target - ahead, axis=1) / norm,

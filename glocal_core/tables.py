@@ -86,7 +86,7 @@ def estimator_usage(runs: Sequence[OuterResult]) -> str:
     """How often the runs' estimator stepped with its own estimate, and why it fell back
     elsewhere, e.g. `"paper (Eq. 14): its estimate in 53 of 80 windows (66%) over 2 run(s);
     ..."`."""
-    f, method = fallbacks(runs), runs[0].config.dmd.method
+    f, method = fallbacks(runs), runs[0].config.estimator.method
     return (f"{method} ({estimator_title(method)}): its estimate in {f.used} of "
             f"{f.windows} windows ({f.used / max(f.windows, 1):.0%}) over {len(runs)} "
             f"run(s); fell back in {f.fell}: {f.kinds or 'no fallbacks'}")

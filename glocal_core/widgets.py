@@ -24,8 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._dmd import SteadyState, estimate_steady_state
-from ._estimators import DMD_DEFAULTS
+from ._estimators import ESTIMATOR_DEFAULTS, Estimate, steady_state
 from ._static_explorer import describe, grid_json, static_explorer_html  # noqa: F401
 from .plotting import plot_eigenvalues, plot_hypergradients, plot_mode_decay
 
@@ -36,8 +35,9 @@ class GridPoint(NamedTuple):
     """One setting (τ, σ, m) of an explorer, fitted or explained.
 
     `invalid` says why the setting cannot be fitted, as a sentence for the reader; then `state`
-    is `None` and both errors are NaN. Otherwise `invalid` is `""`, `state` is the `SteadyState`
-    of `estimate_steady_state(H[:tau], sigma, m)` (its `fallback` and `reason` say whether the
+    is `None` and both errors are NaN. Otherwise `invalid` is `""`, `state` is the `Estimate`
+    of Eq. 14, `steady_state(H[:tau], sigma, m, method="paper")`, with its `ModeFit` (its
+    `fallback` and `reason` say whether the
     estimate is the local one), and the errors are `‖ĥ − h_T‖ / ‖h_T‖` of the glocal estimate
     and of the local hypergradient `h_τ`.
     """
@@ -46,7 +46,7 @@ class GridPoint(NamedTuple):
     sigma: int
     m: int
     invalid: str
-    state: SteadyState | None
+    state: Estimate | None
     error_glocal: float
     error_local: float
 
@@ -94,12 +94,12 @@ def _relative_error(value: np.ndarray, target: np.ndarray) -> float:
 
 
 def fit_point(
-    H, target, tau: int, sigma: int, m: int, *, delta: float = DMD_DEFAULTS.delta
+    H, target, tau: int, sigma: int, m: int, *, delta: float = ESTIMATOR_DEFAULTS.delta
 ) -> GridPoint:
     """The glocal estimate (Eq. 14) from `H[tau-sigma:tau]` with `m` delays, against `target`.
 
     `H` is the `(T, q)` trajectory `h_1, ..., h_T` of one window with φ fixed, `target` usually
-    `H[-1]`, and `delta` the tolerance of `estimate_steady_state`.
+    `H[-1]`, and `delta` the tolerance of Eq. 14.
 
     **Returns:** a `GridPoint`. It never raises for a bad setting or a non-finite window: the
     sentence of `check_setting` or of the library's `ValueError` becomes its `invalid`.
@@ -108,7 +108,7 @@ def fit_point(
     invalid = check_setting(tau, sigma, m, len(H))
     if not invalid:
         try:
-            state = estimate_steady_state(H[:tau], sigma=sigma, m=m, delta=delta)
+            state = steady_state(H[:tau], sigma=sigma, m=m, method="paper", delta=delta)
         except ValueError as error:
             invalid = str(error)
     if invalid:
@@ -126,7 +126,7 @@ def explorer_grid(
     ms: Sequence[int],
     names: Sequence[str],
     initial: tuple[int, int, int] | None = None,
-    delta: float = DMD_DEFAULTS.delta,
+    delta: float = ESTIMATOR_DEFAULTS.delta,
     component: int = 0,
     title: str = "",
     fit: bool = True,
@@ -181,10 +181,10 @@ def plot_point(point: GridPoint, grid_like: ExplorerGrid, axes) -> None:
     """
     state, g = point.state, grid_like
     ax_eig, ax_modes, ax_bars = axes
-    plot_eigenvalues(ax_eig, state.fit, delta=g.delta)
+    plot_eigenvalues(ax_eig, state.fit.dmd, delta=g.delta)
     ax_eig.legend(loc="lower left", fontsize=7)
-    ax_eig.set(title=f"eigenvalues (rank {state.fit.rank})")
-    plot_mode_decay(ax_modes, state.fit, np.arange(max(g.horizon - point.tau, 1) + 1),
+    ax_eig.set(title=f"eigenvalues (rank {state.fit.dmd.rank})")
+    plot_mode_decay(ax_modes, state.fit.dmd, np.arange(max(g.horizon - point.tau, 1) + 1),
                     delta=g.delta, component=g.component)
     ax_modes.legend(loc="lower left", fontsize=7)
     ax_modes.set(title=f"modes of {g.names[g.component]} until T = {g.horizon}")

@@ -1,13 +1,8 @@
 import numpy as np
 import pytest
 
-from glocal_core._dmd import (estimate_steady_state, forecast, hankel, hankel_dmd,
-                              mode_contributions, mode_magnitudes)
-
-
-def glocal_estimate(H, sigma=80, m=10, **kwargs):
-    """Eq. 14 as a value: the paper's rule, whatever the library's default estimator."""
-    return estimate_steady_state(H, sigma, m, **kwargs).value
+from glocal_core import glocal_estimate, steady_state
+from glocal_core._dmd import forecast, hankel, hankel_dmd, mode_contributions, mode_magnitudes
 
 
 def _closest_distances(found, expected):
@@ -75,19 +70,18 @@ def test_forecast_matches_true_future():
 def test_glocal_recovers_constant_before_transient_dies():
     c, H = _transient()
     assert np.max(np.abs(H[-1] - c)) > 1e-2
-    state = estimate_steady_state(H)
+    state = steady_state(H, method="paper")
     assert not state.fallback and state.reason == ""
-    assert state.kept.sum() == 1 and state.spectral_radius == pytest.approx(1, abs=1e-10)
+    assert state.fit.kept.sum() == 1
+    assert state.fit.spectral_radius == pytest.approx(1, abs=1e-10)
     np.testing.assert_allclose(state.value, c, atol=1e-10)
 
 
-# Noise 1e-3: over 100 seeds the worst error was 1.9e-3 with the defaults and 1.1e-3 with
-# rank=4 (the Hankel rank of a constant plus three exponentials: truncating there drops the
-# noise modes), while the local hypergradient is off by 2e-2.
-@pytest.mark.parametrize("rank", [None, 4])
-def test_glocal_recovers_constant_from_noisy_trajectory(rank):
+# Noise 1e-3: over 100 seeds the worst error was 1.9e-3, while the local hypergradient is off
+# by 2e-2.
+def test_glocal_recovers_constant_from_noisy_trajectory():
     c, H = _transient(noise=1e-3, seed=0)
-    state = estimate_steady_state(H, rank=rank)
+    state = steady_state(H, method="paper")
     assert not state.fallback
     assert np.max(np.abs(state.value - c)) < 3e-3
     assert np.max(np.abs(state.value - c)) < 0.2 * np.max(np.abs(H[-1] - c))
@@ -98,7 +92,7 @@ def test_glocal_recovers_constant_under_decaying_oscillation():
     c, a1, a2 = np.array([1.0, -2.0, 0.5]), np.array([3.0, 1.0, -1.0]), np.array([0.0, 2.0, 1.0])
     H = c + 0.96**t * (np.cos(0.4 * t) * a1 + np.sin(0.4 * t) * a2)
     assert np.max(np.abs(H[-1] - c)) > 1e-2
-    np.testing.assert_allclose(glocal_estimate(H), c, atol=1e-10)
+    np.testing.assert_allclose(glocal_estimate(H, method="paper"), c, atol=1e-10)
 
 
 def test_jordan_drift_gives_level_at_middle_of_last_column():
@@ -111,11 +105,12 @@ def test_jordan_drift_gives_level_at_middle_of_last_column():
     t = np.arange(80)[:, None]
     H = c + d * t + a * 0.8**t
     m, t_last = 10, 79
-    state = estimate_steady_state(H, m=m)
+    state = steady_state(H, m=m, method="paper")
     assert not state.fallback and np.all(np.isfinite(state.value))
-    assert state.kept.sum() == 2
-    np.testing.assert_allclose(state.fit.eigenvalues[state.kept], 1, atol=1e-6)
-    assert np.max(np.abs(state.fit.amplitudes[state.kept])) > 1e3
+    kept, fit = state.fit.kept, state.fit.dmd
+    assert kept.sum() == 2
+    np.testing.assert_allclose(fit.eigenvalues[kept], 1, atol=1e-6)
+    assert np.max(np.abs(fit.amplitudes[kept])) > 1e3
     np.testing.assert_allclose(state.value, c + d * (t_last - (m - 1) / 2), atol=1e-7)
 
 
@@ -129,12 +124,12 @@ def test_jordan_drift_gives_level_at_middle_of_last_column():
 )
 def test_fallback_without_eigenvalue_near_one(h):
     H = h(np.arange(40.0)[:, None])
-    state = estimate_steady_state(H, sigma=40, m=5)
+    state = steady_state(H, sigma=40, m=5, method="paper")
     assert state.fallback and "no eigenvalue" in state.reason
-    assert state.kind == "no eigenvalue near 1"
-    assert not state.kept.any()
+    assert state.fallback == "no eigenvalue near 1"
+    assert not state.fit.kept.any()
     np.testing.assert_array_equal(state.value, H[-1])
-    np.testing.assert_array_equal(glocal_estimate(H, sigma=40, m=5), H[-1])
+    np.testing.assert_array_equal(glocal_estimate(H, sigma=40, m=5, method="paper"), H[-1])
 
 
 def test_fallback_when_estimate_exceeds_max_growth():
@@ -142,17 +137,17 @@ def test_fallback_when_estimate_exceeds_max_growth():
     # largest row, accepted by the default max_growth and rejected by max_growth=2.
     c = np.array([2.0, -1.0])
     H = c * (1 - 0.97 ** np.arange(20.0)[:, None])
-    accepted = estimate_steady_state(H, sigma=20, m=4)
+    accepted = steady_state(H, sigma=20, m=4, method="paper")
     assert not accepted.fallback
     np.testing.assert_allclose(accepted.value, c, atol=1e-9)
-    rejected = estimate_steady_state(H, sigma=20, m=4, max_growth=2.0)
-    assert rejected.fallback and "max_growth" in rejected.reason and rejected.kind == "too large"
+    rejected = steady_state(H, sigma=20, m=4, max_growth=2.0, method="paper")
+    assert rejected.fallback == "too large" and "max_growth" in rejected.reason
     np.testing.assert_array_equal(rejected.value, H[-1])
 
 
 def test_all_zero_trajectory_falls_back_visibly():
-    state = estimate_steady_state(np.zeros((20, 3)), sigma=20, m=4)
-    assert state.fit.rank == 0 and state.fallback and state.reason
+    state = steady_state(np.zeros((20, 3)), sigma=20, m=4, method="paper")
+    assert state.fit.dmd.rank == 0 and state.fallback and state.reason
 
 
 _GOOD = np.ones((30, 2)) + 0.9 ** np.arange(30.0)[:, None]
@@ -172,14 +167,15 @@ _BAD_ROWS[-1, 0] = np.nan
         (dict(delta=0.0), "`delta`"),
         (dict(rtol=0.0), "`rtol`"),
         (dict(rtol=1.0), "`rtol`"),
-        (dict(rank=0), "`rank`"),
+        (dict(holdout=1.0), "`holdout`"),
+        (dict(margin=-1.0), "`margin`"),
         (dict(max_growth=-1.0), "`max_growth`"),
     ],
 )
 def test_invalid_arguments_name_the_argument(kwargs, name):
     kwargs = dict(dict(H=_GOOD, sigma=20, m=5), **kwargs)
     with pytest.raises(ValueError, match=name):
-        glocal_estimate(**kwargs)
+        glocal_estimate(**kwargs, method="paper")
 
 
 def test_one_dimensional_trajectory_error_says_what_to_do():
@@ -218,13 +214,16 @@ def test_a_growing_mode_forecasts_infinity_far_ahead_without_warnings():
     assert np.isinf(sizes[1]).any() and not np.isnan(sizes).any()
 
 
-def test_dmd_defaults_are_the_defaults_of_the_estimators():
+def test_estimator_defaults_live_in_one_place():
     import inspect
 
-    from glocal_core import DMD_DEFAULTS, DMDSettings, steady_state
+    from glocal_core import DEFAULT_METHOD, ESTIMATOR_DEFAULTS, EstimatorSettings
 
-    signature = inspect.signature(estimate_steady_state).parameters
-    assert DMD_DEFAULTS == DMDSettings()
-    for name in ("delta", "rtol", "max_growth"):
-        assert getattr(DMD_DEFAULTS, name) == signature[name].default
-    assert DMD_DEFAULTS.method == inspect.signature(steady_state).parameters["method"].default
+    assert ESTIMATOR_DEFAULTS == EstimatorSettings() and DEFAULT_METHOD == "cv"
+    assert ESTIMATOR_DEFAULTS.method == DEFAULT_METHOD
+    for fn in (steady_state, glocal_estimate):  # None: the settings' method, i.e. the default
+        assert inspect.signature(fn).parameters["method"].default is None
+    H = _GOOD
+    assert steady_state(H, 20, 5).method == DEFAULT_METHOD
+    with pytest.raises(TypeError, match="rank"):
+        steady_state(H, 20, 5, rank=3)

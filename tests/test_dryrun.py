@@ -156,7 +156,8 @@ def test_accelerator_path_counts_the_memory_of_the_whole_window_scan():
     key = jax.random.key(0)
     state, phi = problem.init(key), problem.phi0
     for mode in ("forward", "reverse"):
-        outer = gc.OuterConfig("glocal", total_steps=4, tau=4, sigma=3, m=1, mode=mode)
+        outer = gc.OuterConfig("glocal", total_steps=4, tau=4, sigma=3, m=1, mode=mode,
+                               estimator=gc.EstimatorSettings(method="mean"))
         assert dr.window_scan_bytes(problem, state, phi, key, outer) > 0
 
 

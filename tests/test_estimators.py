@@ -8,7 +8,7 @@ from glocal_core._estimators import METHODS, steady_state
 
 T = np.arange(80)[:, None]
 LIMIT = np.array([1.0, -2.0, 0.5])
-EXTRAPOLATING = ("paper", "fbdmd", "tlsdmd", "affine", "rre")
+EXTRAPOLATING = ("cv", "paper", "fbdmd", "tlsdmd", "affine", "rre")
 
 
 def _error(value):
@@ -37,7 +37,7 @@ def test_noise_around_a_constant():
     H = LIMIT + 0.1 * np.random.default_rng(0).normal(size=(80, 3))
     assert _error(steady_state(H, method="mean").value) < 0.02
     assert _error(steady_state(H, method="local").value) > 0.05
-    for method in ("affine", "rre"):
+    for method in ("affine", "rre", "cv"):
         assert _error(steady_state(H, method=method).value) < 0.02, method
 
 
@@ -94,6 +94,8 @@ def test_glocal_estimate_is_the_default_method():
     (dict(m=0), "m"),
     (dict(m=80), "m"),
     (dict(method="rre", sigma=10, m=9), "rre"),
+    (dict(method="cv", sigma=25, m=10), "2 m \\+ 2"),
+    (dict(method="cv", holdout=0.0), "holdout"),
 ])
 def test_bad_input_says_what_to_do(kwargs, match):
     H = LIMIT + 0.1 * np.random.default_rng(2).normal(size=(80, 3))
@@ -106,3 +108,60 @@ def test_non_finite_window_is_refused():
     H[5, 1] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         steady_state(H, method="mean")
+
+
+def _noise_free_cases(sigma: int, q: int, seed: int = 0) -> dict:
+    """Windows `(sigma, q)` whose limit is known exactly, and that limit."""
+    rng = np.random.default_rng(seed)
+    limit, a, b = rng.normal(size=(3, q))
+    t = np.arange(sigma, dtype=float)[:, None]
+    rates = rng.uniform(0.8, 0.98, size=(3, q))
+    return {
+        "constant": (np.tile(limit, (sigma, 1)), limit),
+        "slow transient": (limit + a * 0.97 ** (t + 20), limit),
+        "rate 0.995 far from its limit": (limit + a * 0.995**t, limit),
+        "decaying oscillation": (limit + a * 0.95**t * np.cos(0.3 * t + b), limit),
+        "three rates per coordinate": (limit + sum(c * r**t for c, r in zip(
+            rng.normal(size=(3, q)), rates)), limit),
+        "rise from zero": (limit * (1 - 0.5 * 0.98 ** (t + 1) - 0.5 * 0.9 ** (t + 1)), limit),
+    }
+
+
+@pytest.mark.parametrize("q", [1, 3, 385])
+@pytest.mark.parametrize("sigma, m", [(80, 10), (40, 5)])
+def test_the_default_is_exact_on_noise_free_windows_and_never_behind_local(sigma, m, q):
+    """The default's promise where Eq. 14 was designed to work: to round-off on windows that
+    converge to a known limit, and on none of them further from it than the local value."""
+    for name, (H, limit) in _noise_free_cases(sigma, q).items():
+        value = gc.glocal_estimate(H, sigma, m)
+        error = np.linalg.norm(value - limit) / np.linalg.norm(limit)
+        behind = np.linalg.norm(H[-1] - limit) / np.linalg.norm(limit)
+        assert error <= 1e-6, (name, error)
+        assert error <= behind + 1e-12, (name, error, behind)
+
+
+def test_the_default_keeps_the_mean_on_noise_and_extrapolates_a_noisy_transient():
+    """Across windows: on noise around a constant the default is the mean; on a transient
+    seen through noise it is, in the median, closer to the limit than the mean."""
+    rng = np.random.default_rng(4)
+    t = np.arange(80)[:, None]
+    flat, moving = [], []
+    for _ in range(40):
+        noise = 0.1 * rng.normal(size=(80, 3))
+        H = LIMIT + noise
+        flat.append(_error(gc.glocal_estimate(H)) - _error(H.mean(axis=0)))
+        H = LIMIT + np.array([3.0, 1.0, -2.0]) * 0.97**t + noise
+        moving.append((_error(gc.glocal_estimate(H)), _error(H.mean(axis=0))))
+    assert np.median(np.abs(flat)) < 1e-12
+    errors = np.array(moving)
+    assert np.median(errors[:, 0]) < 0.5 * np.median(errors[:, 1])
+
+
+def test_cross_validation_says_what_it_chose():
+    H = LIMIT + np.array([3.0, 1.0, -2.0]) * 0.95**T
+    estimate = steady_state(H, method="cv")
+    assert isinstance(estimate.fit, gc.CrossValidation) and estimate.fit.holdout == 20
+    assert estimate.fit.choice in ("joint", "coord")
+    assert estimate.fit.scores[estimate.fit.choice] < estimate.fit.scores["mean"]
+    noise = LIMIT + 0.1 * np.random.default_rng(5).normal(size=(80, 3))
+    assert steady_state(noise, method="cv").fit.choice == "mean"

@@ -13,7 +13,10 @@ from glocal_core import _configs
 from glocal_core import experiments as ex
 from glocal_core.__main__ import main
 
-TINY = gc.OuterConfig("glocal", total_steps=12, tau=4, sigma=3, m=1, eval_every=1)
+# Windows of 3 rows are too short for the default estimator (cv holds rows out): the mean.
+MEAN = gc.EstimatorSettings(method="mean")
+TINY = gc.OuterConfig("glocal", total_steps=12, tau=4, sigma=3, m=1, eval_every=1,
+                      estimator=MEAN)
 
 
 def _tiny(**outer):
@@ -124,17 +127,21 @@ def test_digest_changes_with_anything_that_changes_the_result():
 
 
 def test_memory_settings_key_the_cache_only_when_set():
-    """val_chunk and cotangent_chunk unset: the digest of before they existed, so cached
-    runs stay valid; set (fig3's and table2's WideResNets at full), part of the key."""
+    """val_chunk, cotangent_chunk and eq14_diagnostics unset: the digest of before they
+    existed, so cached runs stay valid; set (fig3's and table2's WideResNets at full, the
+    global runs of fig2), part of the key."""
     import hashlib
     import json
 
     spec = _tiny()
     fields = dataclasses.asdict(spec)
     del fields["val_chunk"], fields["outer"]["cotangent_chunk"]
+    del fields["outer"]["eq14_diagnostics"]
     text = json.dumps([ex.CACHE_VERSION, fields], sort_keys=True)
     assert spec.digest() == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert spec.digest() != dataclasses.replace(spec, val_chunk=100).digest()
+    diagnosed = dataclasses.replace(spec.outer, eq14_diagnostics=True)
+    assert dataclasses.replace(spec, outer=diagnosed).digest() != spec.digest()
     chunked = dataclasses.replace(spec.outer, mode="reverse", cotangent_chunk=4)
     assert dataclasses.replace(spec, outer=chunked).digest() != dataclasses.replace(
         spec, outer=dataclasses.replace(chunked, cotangent_chunk=None)).digest()
@@ -189,7 +196,8 @@ def test_full_specs_run_on_tensorflow_datasets(tmp_path):
     with tfds.testing.mock_data(num_examples=2500):
         for spec in (fig2, table2):
             problem = ex.build_problem(spec, data_dir=tmp_path)
-            outer = dataclasses.replace(spec.outer, total_steps=4, tau=2, sigma=2, m=1)
+            outer = dataclasses.replace(spec.outer, total_steps=4, tau=2, sigma=2, m=1,
+                                        estimator=MEAN)
             result = gc.run_outer(problem, outer, key=jax.random.key(0), progress=False)
             assert result.stopped == "" and len(result.step) == 2
             assert np.all(np.isfinite(result.hypergradient))
@@ -241,13 +249,22 @@ def test_smoke_fig2_trains_the_mlp_on_real_fashion_mnist():
 def test_fidelity_cli_scores_every_estimator(tmp_path, monkeypatch, capsys):
     import json
 
+    import functools
+
+    import glocal_core.fidelity as gf
+
+    # Windows of 8 rows: the shortest that every estimator, cv included, reads at m = 2.
     specs = [dataclasses.replace(_tiny(strategy="global", keep_trajectories=True,
-                                       reset_tangents=reset, total_steps=16, sigma=4, m=2),
-                                 experiment="fidelity")
+                                       reset_tangents=reset, total_steps=32, tau=8, sigma=8,
+                                       m=2), experiment="fidelity")
              for reset in (True, False)]
     monkeypatch.setattr(_configs, "_fidelity", lambda profile: specs)
+    # The costs at q = 3 only: `affine` takes seconds per estimate at q = 385.
+    monkeypatch.setattr(gf, "estimator_costs", functools.partial(gf.estimator_costs, qs=(3,)))
     assert main(["fidelity", "--profile", "smoke", "--cache-dir", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert {row["estimator"] for row in report["costs"]} == set(gc.METHODS)
+    assert {row["case"] for row in report["synthetic"]} == set(gf.SYNTHETIC_CASES)
     assert report["default"] == gc.DEFAULT_METHOD
     recordings = {row["recording"] for row in report["rows"]}
     assert {"all", "all, Z reset", "all, Z carried"} <= recordings

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import glocal_core as gc
 import glocal_core.fidelity as gf
@@ -59,6 +60,38 @@ def test_compact_rows_put_both_conventions_side_by_side():
     assert compact[1]["median error, Z reset"] == 0.8
     assert compact[1]["median error, Z carried"] == 1.2
     assert gf.format_fidelity(compact)[1]["beats local, Z reset"] == "0.50"
-    lines = gf.summary_lines(rows, "mean", width=60)
+    lines = gf.summary_lines(rows, "paper", width=60)
     assert all(len(line) <= 60 for text in lines for line in text.split("\n"))
-    assert "target on all, Z reset" in lines[-2] and "0.80x" in lines[-2]
+    assert "target on all, Z reset" in lines[-2] and "0.9 against 0.8: not met" in lines[-2]
+    assert "closer than local" in lines[-1] and "50.0% against 50.0%: met" in lines[-1]
+
+
+def test_synthetic_rows_show_where_each_estimator_is_exact():
+    rows = {(r["case"], r["estimator"]): r
+            for r in gf.synthetic_rows(("cv", "paper", "mean", "local"), count=5)}
+    clean = [case for case, (noise_free, _) in gf.SYNTHETIC_CASES.items() if noise_free]
+    assert clean and len(clean) < len(gf.SYNTHETIC_CASES)
+    for case in clean:  # the default: exact, and never further from the limit than local
+        assert rows[(case, "cv")]["max error"] <= 1e-6, case
+        assert rows[(case, "cv")]["behind local"] == 0, case
+    slow = rows[("slow transient (rate 0.97)", "mean")]
+    assert slow["behind local"] == 1 and slow["max error"] > 0.1  # a mean cannot extrapolate
+    assert rows[("very slow transient (rate 0.995)", "paper")]["behind local"] > 0  # δ freezes it
+    noisy = rows[("noise around a constant", "cv")]
+    assert noisy["median error"] <= rows[("noise around a constant", "mean")]["median error"]
+
+
+def test_synthetic_windows_have_their_limit_and_refuse_an_unknown_case():
+    windows, limits = gf.synthetic_windows("slow transient (rate 0.97)", sigma=500, q=4,
+                                           count=3)
+    assert windows.shape == (3, 500, 4) and limits.shape == (3, 4)
+    np.testing.assert_allclose(windows[:, -1], limits, atol=1e-5)
+    with pytest.raises(ValueError, match="choose one of"):
+        gf.synthetic_windows("sawtooth")
+
+
+def test_estimator_costs_time_each_method_at_each_q():
+    rows = gf.estimator_costs(("cv", "mean"), qs=(3, 20), repeats=2)
+    assert [r["estimator"] for r in rows] == ["cv", "mean"]
+    for row in rows:
+        assert row["ms per estimate, q = 3"] > 0 and row["ms per estimate, q = 20"] > 0

@@ -45,7 +45,7 @@ def test_glocal_with_window_as_long_as_training_matches_global():
     problem = _weight_decay_problem(0.2, at_equilibrium=False)
     runs = {
         s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=300, tau=300, sigma=200, m=5,
-                                                dmd=gc.DMDSettings(method="paper")),
+                                                estimator=gc.EstimatorSettings(method="paper")),
                         key=jax.random.key(1), progress=False)
         for s in ("global", "glocal")
     }
@@ -68,7 +68,7 @@ def test_glocal_predicts_global_better_than_local(estimator):
         problem = _weight_decay_problem(0.3, at_equilibrium=False, lr=0.03, momentum=0.0)
         runs = {
             s: gc.run_outer(problem, gc.OuterConfig(s, total_steps=1000, tau=50, sigma=40, m=6,
-                                                    dmd=gc.DMDSettings(method=estimator)),
+                                                    estimator=gc.EstimatorSettings(method=estimator)),
                             key=jax.random.key(2), progress=False)
             for s in ("local", "global", "glocal")
         }
@@ -126,7 +126,7 @@ def test_divergence_stops_cleanly_with_reason():
         (dict(m=0), "m"),
         (dict(mode="sideways"), "mode"),
         (dict(strategy="global", mode="reverse"), "reverse"),
-        (dict(dmd=gc.DMDSettings(method="median")), "dmd.method"),
+        (dict(estimator=gc.EstimatorSettings(method="median")), "estimator: method"),
         (dict(cotangent_chunk=0), "cotangent_chunk"),
         (dict(cotangent_chunk=2.5), "cotangent_chunk=2.5: a positive int"),
     ],
@@ -174,7 +174,7 @@ def test_tangent_reset_flag_matches_its_ground_truth(reset):
 def test_global_run_holds_local_glocal_and_global_side_by_side():
     problem = _weight_decay_problem(0.3, at_equilibrium=False)
     config = gc.OuterConfig("global", total_steps=200, tau=40, sigma=30, m=4,
-                            keep_trajectories=True)
+                            keep_trajectories=True, eq14_diagnostics=True)
     result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
     assert result.trajectories.shape == (5, 30, 1)
     np.testing.assert_array_equal(result.trajectories[:, -1], result.local_hypergradient)
@@ -182,8 +182,9 @@ def test_global_run_holds_local_glocal_and_global_side_by_side():
         refit = gc.steady_state(result.trajectories[s], sigma=30, m=4)  # the default estimator
         np.testing.assert_array_equal(result.estimate[s], refit.value)
         assert result.fallback[s] == bool(refit.fallback)
-        dmd = gc.estimate_steady_state(result.trajectories[s], sigma=30, m=4)  # Eq. 14's fit
-        assert result.spectral_radius[s] == dmd.spectral_radius
+        eq14 = gc.steady_state(result.trajectories[s], sigma=30, m=4, method="paper")
+        assert result.spectral_radius[s] == eq14.fit.spectral_radius  # eq14_diagnostics
+        assert result.num_kept[s] == eq14.fit.kept.sum()
     assert not np.allclose(result.estimate, result.hypergradient)  # h_T: from the playouts
     local = gc.run_outer(problem, gc.OuterConfig("local", total_steps=200, tau=40),
                          key=jax.random.key(0), progress=False)
@@ -245,7 +246,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
 def test_glocal_steps_with_its_estimator(estimator):
     problem = _weight_decay_problem(0.2, at_equilibrium=False)
     config = gc.OuterConfig("glocal", total_steps=120, tau=40, sigma=30, m=4,
-                            dmd=gc.DMDSettings(method=estimator), keep_trajectories=True)
+                            estimator=gc.EstimatorSettings(method=estimator), keep_trajectories=True)
     result = gc.run_outer(problem, config, key=jax.random.key(3), progress=False)
     for s, H in enumerate(result.trajectories):
         expected = gc.steady_state(H, 30, 4, method=estimator)

@@ -68,16 +68,16 @@ def test_house_style_sizes_figures_for_the_book():
 def test_highlighted_eigenvalues_and_modes_are_those_that_eq14_keeps():
     t = np.arange(30.0)
     H = np.stack([1 + 0.5**t, 2 - 0.9**t], axis=1)  # eigenvalues 1 (kept), 0.9 and 0.5
-    state = gc.estimate_steady_state(H, sigma=30, m=4, delta=0.05)
-    assert 0 < state.kept.sum() < state.kept.size
+    fit = gc.steady_state(H, sigma=30, m=4, method="paper", delta=0.05).fit
+    assert 0 < fit.kept.sum() < fit.kept.size
     _, (left, right) = plt.subplots(1, 2)
-    gplt.plot_eigenvalues(left, state.fit, delta=0.05)
+    gplt.plot_eigenvalues(left, fit.dmd, delta=0.05)
     (kept,) = (line for line in left.get_lines() if line.get_label().startswith("near 1"))
-    np.testing.assert_array_equal(kept.get_xdata(), state.fit.eigenvalues[state.kept].real)
-    gplt.plot_mode_decay(right, state.fit, np.arange(10), delta=0.05)
+    np.testing.assert_array_equal(kept.get_xdata(), fit.dmd.eigenvalues[fit.kept].real)
+    gplt.plot_mode_decay(right, fit.dmd, np.arange(10), delta=0.05)
     glocal = [line for line in right.get_lines() if len(line.get_xdata())
               and line.get_color() == gplt.STRATEGY_COLORS["glocal"]]
-    assert len(glocal) == state.kept.sum()
+    assert len(glocal) == fit.kept.sum()
 
 
 def test_hypergradient_bars_name_glocal_by_its_estimator(monkeypatch):

@@ -19,7 +19,8 @@ def _result(strategy="global", *, target, local, estimate, fallback=None, reason
     S, q = target.shape
     fallback = np.zeros(S, bool) if fallback is None else np.asarray(fallback, bool)
     return gc.OuterResult(
-        config=gc.OuterConfig(strategy, total_steps=total_steps, tau=tau, sigma=sigma, m=m),
+        config=gc.OuterConfig(strategy, total_steps=total_steps, tau=tau, sigma=sigma, m=m,
+                              estimator=gc.EstimatorSettings(method="paper")),
         names=tuple(f"h{i}" for i in range(q)),
         step=tau * np.arange(1, S + 1), phi=np.zeros((S, q)),
         hyperparameters=np.tile(np.arange(1.0, q + 1), (S, 1)),
@@ -29,7 +30,7 @@ def _result(strategy="global", *, target, local, estimate, fallback=None, reason
         spectral_radius=np.full(S, 0.9) if radius is None else np.asarray(radius),
         num_kept=np.ones(S, int), fallback=fallback,
         fallback_reason=tuple(reasons or ("" for _ in range(S))),
-        seconds_window=np.ones(S), seconds_playout=np.zeros(S), seconds_dmd=np.zeros(S),
+        seconds_window=np.ones(S), seconds_playout=np.zeros(S), seconds_estimate=np.zeros(S),
         seconds_compile=0.0, stopped=stopped, trajectories=trajectories,
     )
 
@@ -100,16 +101,15 @@ def test_refit_falls_back_on_pure_decay_and_names_the_kind():
     fit = gq.refit(windows, sigma=12, m=2)
     assert fit.fallback[0] and fit.no_eigenvalue_near_one[0]
     np.testing.assert_allclose(fit.value[0], windows[0, -1])
-    assert fit.states[0].kind == NO_EIGENVALUE
+    assert fit.states[0].fallback == NO_EIGENVALUE
 
 
 def test_the_growth_fallback_of_the_library_is_named():
     # The steady state of 1 + 10 (-0.9)^t is 1, below the window's largest row (11): only a
     # max_growth below 1/11 makes the library refuse it.
     H = _linear_trajectory([1.0], [10.0], -0.9, 30)
-    state = gc.estimate_steady_state(H, sigma=30, m=2, max_growth=0.01)
-    assert state.fallback
-    assert state.kind == TOO_LARGE
+    state = gc.steady_state(H, sigma=30, m=2, method="paper", max_growth=0.01)
+    assert state.fallback == TOO_LARGE
 
 
 def test_refit_quality_matches_recorded_quality_of_a_real_global_run():
@@ -117,7 +117,7 @@ def test_refit_quality_matches_recorded_quality_of_a_real_global_run():
         problem = gc.quadratic_problem(np.array([2.0, 1.0]), np.array([2.0, 1.0]) / 1.5,
                                        gc.sgd(0.03, 0.0, 0.3, learn=("weight_decay",)))
         config = gc.OuterConfig("global", total_steps=400, tau=50, sigma=40, m=6,
-                                keep_trajectories=True, dmd=gc.DMDSettings(method="paper"))
+                                keep_trajectories=True, estimator=gc.EstimatorSettings(method="paper"))
         result = gc.run_outer(problem, config, key=jax.random.key(0), progress=False)
     recorded = gq.estimate_quality(result)
     refitted = gq.estimate_quality(result, sigma=40, m=6)

@@ -32,7 +32,7 @@ def _result(hyperparameters, accuracy, *, tau=10, strategy="glocal", stopped="",
     zeros = np.zeros((s, q))
     return gc.OuterResult(
         config=gc.OuterConfig(strategy, total_steps=4 * tau, tau=tau, sigma=tau - 2, m=2,
-                              dmd=gc.DMDSettings(method=method)),
+                              estimator=gc.EstimatorSettings(method=method)),
         names=names, step=step, phi=hyperparameters, hyperparameters=hyperparameters,
         hypergradient=zeros, local_hypergradient=zeros, estimate=zeros,
         train_loss=np.zeros(s), val_loss=np.arange(s, dtype=float), eval_step=step,
@@ -40,7 +40,7 @@ def _result(hyperparameters, accuracy, *, tau=10, strategy="glocal", stopped="",
         num_kept=np.ones(s, int),
         fallback=np.zeros(s, bool) if fallback is None else np.asarray(fallback),
         fallback_reason=("",) * s, seconds_window=np.full(s, seconds),
-        seconds_playout=np.zeros(s), seconds_dmd=np.zeros(s), seconds_compile=0.0,
+        seconds_playout=np.zeros(s), seconds_estimate=np.zeros(s), seconds_compile=0.0,
         stopped=stopped,
     )
 
@@ -176,7 +176,7 @@ def test_table2_puts_the_papers_numbers_beside_ours():
 def test_table2_shows_the_strategies_that_ran():
     exp = ex.experiment("table2", "smoke")
     results = {spec.label: _result(np.zeros((4, 1)), [0.25, 0.5, 0.75, 0.6], names=("meta_0",),
-                                   strategy=spec.outer.strategy, method=spec.outer.dmd.method)
+                                   strategy=spec.outer.strategy, method=spec.outer.estimator.method)
                for spec in exp.runs}
     table = gt.table2(gr.group_runs(exp, results))
     ran = [s for s in gt.TABLE2_STRATEGIES if any(sp.strategy_key == s for sp in exp.runs)]
@@ -382,7 +382,7 @@ def test_estimator_usage_counts_the_windows_that_used_the_estimate():
             for r in (_result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[1, 0, 1, 0]),
                       _result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[0, 0, 0, 1]))]
     text = gt.estimator_usage(runs)
-    method = runs[0].config.dmd.method
+    method = runs[0].config.estimator.method
     assert text.startswith(f"{method} ({gr.estimator_title(method)}): its estimate in 5 of 8 "
                            "windows (62%)")
     assert "fell back in 3: {'no eigenvalue near 1': 3}" in text

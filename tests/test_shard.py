@@ -24,7 +24,8 @@ _PATCH = textwrap.dedent("""
 
     def tiny(profile):
         spec = fig2("smoke")[0]
-        outer = gc.OuterConfig("glocal", total_steps=8, tau=4, sigma=3, m=1, eval_every=1)
+        outer = gc.OuterConfig("glocal", total_steps=8, tau=4, sigma=3, m=1, eval_every=1,
+                                estimator=gc.EstimatorSettings(method="mean"))
         return [dataclasses.replace(spec, data=ex.DataSpec("digits", (28, 28, 1)),
                                     outer=outer, seed=seed) for seed in range(4)]
 

@@ -20,7 +20,8 @@ from ._base import OTHER_MODES_COLOR, STRATEGY_COLORS, panel_grid, shared_legend
 
 # One colour per steady-state estimator (the fidelity benchmark), the strategies' where the
 # estimator is a strategy's.
-ESTIMATOR_COLORS = {"local": STRATEGY_COLORS["local"], "mean": "#1f77b4", "affine": "#17becf",
+ESTIMATOR_COLORS = {"cv": STRATEGY_COLORS["glocal"],
+                    "local": STRATEGY_COLORS["local"], "mean": "#1f77b4", "affine": "#17becf",
                     "rre": "#bcbd22", "paper": STRATEGY_COLORS["glocal-paper"],
                     "fbdmd": "#8c564b", "tlsdmd": "#e377c2"}
 

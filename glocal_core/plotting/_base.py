@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from .._dmd import DMDFit, mode_magnitudes
-from .._estimators import DMD_DEFAULTS
+from .._estimators import ESTIMATOR_DEFAULTS
 from ..results import benchmark_title, strategy_title
 
 # matplotlib's tab10, fixed per strategy so that every figure of the book agrees; local and
@@ -90,9 +90,9 @@ def shared_legend(fig, axes, *, ncol: int = 4, **kwargs):
                       ncol=min(ncol, len(handles)), **kwargs)
 
 
-def plot_eigenvalues(ax: Axes, fit_or_eigenvalues, *, delta: float = DMD_DEFAULTS.delta) -> Axes:
+def plot_eigenvalues(ax: Axes, fit_or_eigenvalues, *, delta: float = ESTIMATOR_DEFAULTS.delta) -> Axes:
     """The eigenvalues of a `DMDFit` (or a complex array of them) against the unit circle,
-    those that Eq. 14 keeps (`|λ - 1| <= delta`, as in `estimate_steady_state`) highlighted:
+    those that Eq. 14 keeps (`|λ - 1| <= delta`, as in `steady_state(..., method="paper")`) highlighted:
     the paper's Figure 4, left. The aspect is set to equal.
 
     The disc `|λ - 1| <= delta` is shaded, so an eigenvalue that just misses it, and hence
@@ -125,7 +125,7 @@ def plot_mode_decay(
     fit: DMDFit,
     steps,
     *,
-    delta: float = DMD_DEFAULTS.delta,
+    delta: float = ESTIMATOR_DEFAULTS.delta,
     component: int | None = None,
     decades: float = 8,
 ) -> Axes:

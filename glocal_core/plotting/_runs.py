@@ -86,7 +86,7 @@ def hypergradient_error_figure(groups: Groups, profile: str) -> Figure:
     for ax, panel in zip(axes, panels):
         runs = groups[panel]["global"]
         titles = {"local": "local", "glocal": gr.strategy_title(
-            f"glocal-{runs[0].config.dmd.method}")}
+            f"glocal-{runs[0].config.estimator.method}")}
         for strategy, curve in gq.hypergradient_errors(runs).items():
             plot_mean_std(ax, curve.x, curve.mean, curve.std, strategy, marker="o",
                           label=f"{titles[strategy]} vs global")
