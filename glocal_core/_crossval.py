@@ -64,7 +64,8 @@ def _fit(W: np.ndarray, k: int, *, per_coordinate: bool, rtol: float,
 
     **Returns:** `{name: (beta, c, limit)}` for `joint` and, when `per_coordinate` and
     `q > 1`, `coord`, whose coordinates with a non-finite limit or one more than `max_growth`
-    window ranges from their last value take the joint limit.
+    window ranges from their last value take the joint limit (their last value where the
+    joint limit is itself unusable).
     """
     n, q = W.shape
     rows = n - k
@@ -105,8 +106,9 @@ def _forecast(W: np.ndarray, beta: np.ndarray, c: np.ndarray, steps: int) -> np.
     return np.array(rows[k:])
 
 
-def min_window(m: int, holdout: float, sigma: int) -> int:
-    """The held-out rows of a `sigma`-row window; raises if the head cannot fit order `m`."""
+def held_out_rows(m: int, holdout: float, sigma: int) -> int:
+    """How many of a `sigma`-row window's rows `cv` holds out (a `holdout` share, at least
+    2); a `ValueError` that says what to change if the rows left cannot fit order `m`."""
     held = max(2, int(round(holdout * sigma)))
     if sigma - held < 2 * m + 2:
         raise ValueError(
@@ -133,7 +135,7 @@ def cross_validated(W: np.ndarray, m: int, *, holdout: float, margin: float, rto
 
     **Returns:** `(value (q,), CrossValidation)`.
     """
-    held = min_window(m, holdout, len(W))
+    held = held_out_rows(m, holdout, len(W))
     head, tail = W[:-held], W[-held:]
     options = dict(per_coordinate=per_coordinate, rtol=rtol, max_growth=max_growth)
     whole, early = _fit(W, m, **options), _fit(head, m, **options)

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._crossval import CrossValidation, cross_validated, min_window
+from ._crossval import CrossValidation, cross_validated
 from ._dmd import (
     _DELTA,
     _MAX_GROWTH,
@@ -265,7 +265,6 @@ def steady_state(H, sigma: int = 80, m: int = 10, *, method: str | None = None,
         value, fallback, fit = _eq14(window, m, settings, EQ14_METHODS[method])
         return Estimate(value, local, fallback, method, fit)
     if method == "cv":
-        min_window(m, settings.holdout, len(window))
         value, fit = cross_validated(window, m, holdout=settings.holdout,
                                      margin=settings.margin, rtol=_CV_RTOL,
                                      max_growth=settings.max_growth)

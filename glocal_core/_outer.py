@@ -38,7 +38,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
-from ._crossval import min_window
+from ._crossval import held_out_rows
 from ._estimators import ESTIMATOR_DEFAULTS, EstimatorSettings
 from ._io import load_pickle, save_pickle
 from ._outer_step import Diverged, WindowRecord, compile_step, init, step
@@ -126,7 +126,7 @@ class OuterConfig:
         try:
             self.estimator.checked()
             if self.strategy in ("glocal", "global") and self.estimator.method == "cv":
-                min_window(self.m, self.estimator.holdout, self.sigma)
+                held_out_rows(self.m, self.estimator.holdout, self.sigma)
         except ValueError as err:
             raise ValueError(f"estimator: {err} Or choose another estimator, e.g. "
                              "estimator=EstimatorSettings(method='mean').") from None
