@@ -26,10 +26,13 @@ names why in `Estimate.fallback`, one of `FALLBACK_KINDS` (data, not text).
 Why `cv` is the default: the window mean won the fidelity benchmark on real minibatch noise
 but cannot extrapolate, so on a noise-free transient it lands further from the limit than
 the local hypergradient; Eq. 14 extrapolates, but freezes any mode within `δ` of one and
-falls back on most real windows. `cv` is exact (to round-off) on noise-free sums of decaying
+falls back on about half of real windows. `cv` is exact (to round-off) on noise-free sums of decaying
 exponentials and oscillations, and is the mean on windows whose tail the mean forecasts
 better (`python -m glocal_core fidelity` scores every method; its synthetic rows show both
-regimes).
+regimes). On the benchmark's real windows at the smoke profile it came out slightly behind
+the mean (median relative error to h_T 0.836 against 0.809 with Z reset; closer than local
+in 67.9% of windows against 69.9%): it is the default because it is the only estimator
+measured that is exact on noise-free transients, and the cost of that on noise is small.
 """
 
 import time
