@@ -298,15 +298,22 @@ def estimator_costs(methods: Sequence[str] = METHODS, *, qs: Sequence[int] = (3,
     return rows
 
 
+# Column headers of `synthetic_table`: short, so that eight estimators' rows fit a page.
+_SHORT = {"constant": "constant", "slow transient (rate 0.97)": "rate 0.97",
+          "very slow transient (rate 0.995)": "rate 0.995",
+          "decaying oscillation": "oscillation", "three rates per coordinate": "3 rates",
+          "slow transient + noise": "rate 0.97 + noise", "noise around a constant": "noise"}
+
+
 def synthetic_table(rows: Sequence[Mapping]) -> list[dict]:
-    """`synthetic_rows` pivoted to fit a page: one row per case, one column per estimator.
-    A noise-free case shows the largest relative error over its windows (is the estimator
-    exact?), a noisy one the median; `*` marks an estimator further from the limit than the
-    local hypergradient in some window."""
+    """`synthetic_rows` pivoted to fit a page: one row per estimator, one column per case
+    (short names). A noise-free case shows the largest relative error over its windows (is
+    the estimator exact?), a noisy one the median; `*` marks an estimator further from the
+    limit than the local hypergradient in some window."""
     table: dict[str, dict] = {}
     for r in rows:
-        row = table.setdefault(r["case"], {
-            "case": r["case"], "shown": "max error" if r["noise-free"] else "median error"})
-        mark = "*" if r["behind local"] > 0 else ""
-        row[r["estimator"]] = f"{r[row['shown']]:.2g}{mark}"
+        row = table.setdefault(r["estimator"], {"estimator": r["estimator"]})
+        shown = r["max error"] if r["noise-free"] else r["median error"]
+        row[_SHORT.get(r["case"], r["case"])] = (
+            f"{shown:.2g}" + ("*" if r["behind local"] > 0 else ""))
     return list(table.values())

@@ -77,6 +77,9 @@ def test_synthetic_rows_show_where_each_estimator_is_exact():
     slow = rows[("slow transient (rate 0.97)", "mean")]
     assert slow["behind local"] == 1 and slow["max error"] > 0.1  # a mean cannot extrapolate
     assert rows[("very slow transient (rate 0.995)", "paper")]["behind local"] > 0  # δ freezes it
+    table = gf.synthetic_table(gf.synthetic_rows(("cv", "mean"), count=2))
+    assert [r["estimator"] for r in table] == ["cv", "mean"] and len(table[0]) == 8
+    assert table[1]["rate 0.97"].endswith("*") and not table[0]["rate 0.97"].endswith("*")
     noisy = rows[("noise around a constant", "cv")]
     assert noisy["median error"] <= rows[("noise around a constant", "mean")]["median error"]
 
