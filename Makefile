@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# The static book has no kernel: widgets render as self-contained HTML (glocal_core.widgets).
+# The static book has no kernel: widgets render as self-contained HTML (glocal_core.repro.widgets).
 # The experiments run first, outside the book build, so that a first build shows which
 # experiment and run it is computing, with progress bars on stderr (inside the build the
 # notebooks' output is captured); the build then loads every result from the cache.

@@ -1,7 +1,5 @@
 """glocal_core: glocal hypergradient estimation with the Koopman operator, in JAX."""
 
-from ._bench import BenchConfig as BenchConfig
-from ._bench import run_bench as run_bench
 from ._data import DATASET_NAMES as DATASET_NAMES
 from ._data import Dataset as Dataset
 from ._data import DatasetNotPreparedError as DatasetNotPreparedError
@@ -37,7 +35,9 @@ from ._hypergrad import track_forward as track_forward
 from ._hypergrad import track_reverse as track_reverse
 from ._hypergrad import train_window as train_window
 from ._hypergrad import zero_tangents as zero_tangents
+from ._hyperparams import Bound as Bound
 from ._hyperparams import HyperOptimizer as HyperOptimizer
+from ._hyperparams import learnable as learnable
 from ._hyperparams import HyperSpace as HyperSpace
 from ._hyperparams import adam as adam
 from ._hyperparams import sgd as sgd
@@ -61,6 +61,10 @@ from ._outer_step import init as outer_init
 from ._outer_step import step as outer_step
 from ._problems import BilevelProblem as BilevelProblem
 from ._problems import InnerState as InnerState
+from ._problems import LossProblem as LossProblem
+from ._problems import accuracy as accuracy
+from ._problems import cross_entropy as cross_entropy
+from ._problems import loss_problem as loss_problem
 from ._problems import classification_problem as classification_problem
 from ._problems import quadratic_problem as quadratic_problem
 from ._problems import meta_network as meta_network

@@ -39,7 +39,7 @@ from ._splits import TFDS_NAMES as TFDS_NAMES
 from ._splits import Dataset as Dataset
 from ._splits import DatasetNotPreparedError as DatasetNotPreparedError
 from ._splits import Splits as Splits
-from ._splits import _split as _split  # glocal_core._dryrun imports it from here
+from ._splits import _split as _split  # glocal_core.repro.dryrun imports it from here
 from ._splits import imbalanced_counts as imbalanced_counts
 from ._splits import make_imbalanced as make_imbalanced
 from ._tfds import load_tfds as load_tfds

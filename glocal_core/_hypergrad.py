@@ -27,7 +27,6 @@ same arithmetic as the checkpointed scan, without the while loop (ten times fast
 WideResNet of data reweighting, measured here).
 """
 
-import functools
 from typing import NamedTuple
 
 import equinox as eqx
@@ -82,7 +81,7 @@ def _tangent_step(problem: BilevelProblem, state, tangents, phi, key):
 
 def _hypergradient(problem: BilevelProblem, params, tangents) -> Float[Array, " q"]:
     """h_t = ∇_θ ℓ̃(θ_t) · Z_t^θ (one reverse pass, then q inner products)."""
-    grad = jax.grad(problem.val_loss)(params)
+    grad = jax.grad(lambda p: problem.val_loss(p))(params)
     contract = jax.tree.map(
         lambda z, g: jnp.tensordot(z, g, axes=g.ndim), tangents.params, grad
     )
@@ -94,11 +93,10 @@ def host_loop() -> bool:
     return jax.default_backend() == "cpu"
 
 
-_step = jax.jit(_tangent_step, static_argnames="problem")
-_record = jax.jit(_hypergradient, static_argnames="problem")
-_plain_step = jax.jit(lambda problem, state, phi, key: problem.step(state, phi, key),
-                      static_argnames="problem")
-_val_loss = jax.jit(lambda problem, params: problem.val_loss(params), static_argnames="problem")
+_step = eqx.filter_jit(_tangent_step)
+_record = eqx.filter_jit(_hypergradient)
+_plain_step = eqx.filter_jit(lambda problem, state, phi, key: problem.step(state, phi, key))
+_val_loss = eqx.filter_jit(lambda problem, params: problem.val_loss(params))
 
 
 def _check_window(num_steps: int, num_recorded: int) -> None:
@@ -139,7 +137,7 @@ def track_forward(
     return Window(state, tangents, hs, jnp.stack(losses))
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "num_steps", "num_recorded"))
+@eqx.filter_jit
 def _track_forward_scan(problem, state, tangents, phi, key, *, num_steps, num_recorded):
     keys = jax.random.split(key, num_steps)
 
@@ -201,7 +199,7 @@ def _differentiable(state: InnerState) -> PyTree:
     return eqx.partition(state, eqx.is_inexact_array)[0]
 
 
-@functools.partial(jax.jit, static_argnames="problem")
+@eqx.filter_jit
 def _val_cotangent(problem, state):
     """∂ℓ̃(θ_t)/∂x_t: the validation gradient in θ, zero in the optimizer state."""
     diff, static = eqx.partition(state, eqx.is_inexact_array)
@@ -230,7 +228,7 @@ def _chunked_vmap(fn, xs, chunk: int | None):
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, rest)
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "chunk"))
+@eqx.filter_jit
 def _pull_back(problem, state, phi, key, cotangents, chunk=None):
     """Cotangents of x_t (a batch of σ) → those of x_{t−1} and of φ, through step t; `chunk`
     of them at a time (`None`: all), through one forward of the step."""
@@ -243,8 +241,7 @@ def _pull_back(problem, state, phi, key, cotangents, chunk=None):
     return _chunked_vmap(pull, cotangents, chunk)
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "num_steps", "num_recorded",
-                                             "cotangent_chunk"))
+@eqx.filter_jit
 def _track_reverse_scan(problem, state, phi, key, *, num_steps, num_recorded,
                         cotangent_chunk=None):
     keys = jax.random.split(key, num_steps)
@@ -257,7 +254,7 @@ def _track_reverse_scan(problem, state, phi, key, *, num_steps, num_recorded,
 
         # ℓ̃ is rematerialised too: otherwise the scan keeps its activations over the whole
         # validation set for each of the σ recorded steps until the backward pass.
-        val_loss = jax.checkpoint(problem.val_loss)
+        val_loss = jax.checkpoint(lambda params: problem.val_loss(params))
 
         def advance_and_record(state, k):
             state, loss = advance(state, k)
@@ -292,7 +289,7 @@ def train_window(
     return Window(state, None, jnp.zeros((0, phi.shape[0]), phi.dtype), jnp.stack(losses))
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "num_steps"))
+@eqx.filter_jit
 def _train_scan(problem, state, phi, key, *, num_steps):
     def advance(state, k):
         return problem.step(state, phi, k)
@@ -315,13 +312,13 @@ def playout(
     every length share one compilation. The caller's state is not changed.
     """
     if not host_loop():
-        return _playout_loop(problem, state, tangents, phi, key, num_steps)
+        return _playout_loop(problem, state, tangents, phi, key, jnp.int32(num_steps))
     for i in range(int(num_steps)):
         state, tangents, _ = _step(problem, state, tangents, phi, jax.random.fold_in(key, i))
     return _record(problem, state.params, tangents), _val_loss(problem, state.params)
 
 
-@functools.partial(jax.jit, static_argnames=("problem",))
+@eqx.filter_jit
 def _playout_loop(problem, state, tangents, phi, key, num_steps):
     def body(i, carry):
         state, tangents = carry

@@ -38,116 +38,10 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
-from ._crossval import held_out_rows
-from ._estimators import ESTIMATOR_DEFAULTS, EstimatorSettings
 from ._io import load_pickle, save_pickle
-from ._outer_step import Diverged, WindowRecord, compile_step, init, step
+from ._outer_step import STRATEGIES as STRATEGIES
+from ._outer_step import Diverged, OuterConfig, WindowRecord, compile_step, init, step
 from ._problems import BilevelProblem
-
-STRATEGIES = ("none", "local", "global", "glocal")
-
-
-@dataclasses.dataclass(frozen=True)
-class OuterConfig:
-    """How to run the outer loop. Defaults are the paper's (Sec. 4 "Setup").
-
-    **Fields:**
-
-    - `strategy`: one of `none`, `local`, `global`, `glocal`.
-    - `total_steps`: T, inner steps in all.
-    - `tau`: τ, inner steps per outer step (window).
-    - `sigma`: σ, hypergradients of each window given to the DMD (the last σ).
-    - `m`: delays of the Hankel DMD.
-    - `outer_lr`: learning rate of the outer Adam on raw φ.
-    - `eval_every`: evaluate the test metric every this many windows (and after the last).
-    - `mode`: `forward` (Z tracking, Eq. 12) or `reverse` (for many hyperparameters).
-    - `reset_tangents`: start every window from Z = 0 (Eq. 12). With `False`, forward-mode Z
-      carries over windows, as if φ had always had its current value (Algorithm 1 of the
-      paper). Reset is the default because it measured better: in the fidelity benchmark
-      at smoke, every estimator's median error to h_T was below that of carried Z (window
-      mean 0.81 against 1.25; local 1.07 against 1.64), and with Z carried none beat
-      predicting zero (error 1).
-    - `estimator`: the steady-state estimator of `glocal` (and recorded by `global`) with
-      its settings, an `EstimatorSettings` (default `ESTIMATOR_DEFAULTS`, method `cv`);
-      `EstimatorSettings(method="paper")` is the paper's Eq. 14.
-    - `eq14_diagnostics`: also fit Eq. 14 in every window whose estimator is not a DMD
-      method, to record its spectral radius and modes kept (one more fit per window; the
-      analysis of chapter 7 asks for it). The DMD methods record their own fit anyway. Not
-      part of a run's cache key when `False`.
-    - `keep_trajectories`: keep the σ hypergradients of every window (`glocal`, `global`) in
-      `OuterResult.trajectories`, to re-fit the DMD afterwards with other settings.
-    - `cotangent_chunk`: cotangents pulled back at once in reverse mode (`None`: all σ). The
-      hypergradients are the same; a pull-back holds one chunk's activations instead of σ's
-      (table2's WideResNet at `full`: see `_configs`). Not part of a run's cache key when
-      `None`.
-    """
-
-    strategy: str = "glocal"
-    total_steps: int = 10_000
-    tau: int = 100
-    sigma: int = 80
-    m: int = 10
-    outer_lr: float = 0.1
-    eval_every: int = 10
-    mode: str = "forward"
-    reset_tangents: bool = True
-    estimator: EstimatorSettings = ESTIMATOR_DEFAULTS
-    eq14_diagnostics: bool = False
-    keep_trajectories: bool = False
-    cotangent_chunk: int | None = None
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}.")
-        if self.tau < 1 or self.total_steps < self.tau:
-            raise ValueError(
-                f"tau={self.tau}, total_steps={self.total_steps}: need 1 <= tau <= total_steps."
-            )
-        if self.total_steps % self.tau:
-            raise ValueError(
-                f"total_steps={self.total_steps} is not a multiple of tau={self.tau}: "
-                f"use e.g. total_steps={self.total_steps - self.total_steps % self.tau}."
-            )
-        if self.strategy in ("glocal", "global") and not 1 <= self.m < self.sigma <= self.tau:
-            raise ValueError(
-                f"sigma={self.sigma}, m={self.m}, tau={self.tau}: {self.strategy} needs "
-                "1 <= m < sigma <= tau (sigma of the tau hypergradients, m delays, and at "
-                "least two Hankel columns)."
-            )
-        if self.mode not in ("forward", "reverse"):
-            raise ValueError(f"mode={self.mode!r}: choose 'forward' or 'reverse'.")
-        if self.mode == "reverse" and self.strategy == "global":
-            raise ValueError("mode='reverse' with strategy='global': playouts are forward mode.")
-        if self.mode == "reverse" and not self.reset_tangents:
-            raise ValueError("reset_tangents=False needs mode='forward' (reverse mode has no Z).")
-        if not isinstance(self.estimator, EstimatorSettings):
-            raise ValueError(f"estimator={self.estimator!r}: pass an EstimatorSettings, e.g. "
-                             "EstimatorSettings(method='paper').")
-        try:
-            self.estimator.checked()
-            if self.strategy in ("glocal", "global") and self.estimator.method == "cv":
-                held_out_rows(self.m, self.estimator.holdout, self.sigma)
-        except ValueError as err:
-            raise ValueError(f"estimator: {err} Or choose another estimator, e.g. "
-                             "estimator=EstimatorSettings(method='mean').") from None
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every={self.eval_every}: must be >= 1.")
-        chunk = self.cotangent_chunk
-        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool)
-                                  or chunk < 1):
-            raise ValueError(f"cotangent_chunk={chunk!r}: a positive int (cotangents pulled "
-                             "back at once in reverse mode), or None for all sigma.")
-
-    @property
-    def num_windows(self) -> int:
-        return self.total_steps // self.tau
-
-    @property
-    def num_recorded(self) -> int:
-        """Hypergradients per window the strategy reads: σ for the DMD (`glocal`, `global`),
-        the last one for `local`."""
-        return {"none": 0, "local": 1}.get(self.strategy, self.sigma)
-
 
 class OuterResult(NamedTuple):
     """The history of one run, one row per finished window s (step (s+1)·τ).
@@ -162,7 +56,8 @@ class OuterResult(NamedTuple):
     - `estimate`: the steady state ĥ∞ by `config.estimator.method` (h_τ where it fell back), `(S, q)`
       (`glocal` and `global`; NaN otherwise).
     - `train_loss`: mean minibatch loss over the window; `val_loss`: ℓ̃ at its end, `(S,)`.
-    - `eval_step`, `test_accuracy`: the test metric every `eval_every` windows.
+    - `eval_step`, `test_metric`: the problem's test metric (named `metric_name`) after
+      every `eval_every` windows; `test_accuracy` reads it under that name.
     - `spectral_radius`, `num_kept`: of Eq. 14's fit of the window, where there was one (a
       DMD method, or `config.eq14_diagnostics`); NaN and -1 otherwise; `fallback`, `fallback_reason`: whether the estimator fell back and why, one
       of `FALLBACK_KINDS` (`glocal`, `global`).
@@ -172,6 +67,9 @@ class OuterResult(NamedTuple):
       the window time includes forward-mode tracking, which is fused with training.
     - `seconds_compile`: compilation, excluded from the per-window times.
     - `stopped`: `""` if all S windows ran, else why the run stopped early.
+    - `metric_name`: the name of the problem's test metric.
+    - `final_phi`, `final_hyperparameters`: raw φ and its values after the last update, the
+      ones to retrain with (`HyperOptimizer.export`).
     """
 
     config: OuterConfig
@@ -185,7 +83,7 @@ class OuterResult(NamedTuple):
     train_loss: np.ndarray
     val_loss: np.ndarray
     eval_step: np.ndarray
-    test_accuracy: np.ndarray
+    test_metric: np.ndarray
     spectral_radius: np.ndarray
     num_kept: np.ndarray
     fallback: np.ndarray
@@ -196,6 +94,17 @@ class OuterResult(NamedTuple):
     seconds_compile: float
     stopped: str
     trajectories: np.ndarray | None = None
+    metric_name: str = "test_accuracy"
+    final_phi: np.ndarray | None = None
+    final_hyperparameters: np.ndarray | None = None
+
+    @property
+    def test_accuracy(self) -> np.ndarray:
+        """`test_metric`, where the problem's metric is the test accuracy."""
+        if self.metric_name != "test_accuracy":
+            raise AttributeError(f"this run recorded {self.metric_name!r}, not test_accuracy: "
+                                 "read result.test_metric.")
+        return self.test_metric
 
 
 _SCALARS = (bool, int, float)
@@ -314,11 +223,11 @@ class Checkpoint:
 
 _VECTORS = ("phi", "hyperparameters", "hypergradient", "local_hypergradient", "estimate")
 _COLUMNS = tuple(f for f in WindowRecord._fields
-                 if f in OuterResult._fields and f not in ("test_accuracy", "fallback_reason"))
+                 if f in OuterResult._fields and f not in ("test_metric", "fallback_reason"))
 
 
 def _history(problem: BilevelProblem, config: OuterConfig, records: list[WindowRecord],
-             seconds_compile: float, stopped: str) -> OuterResult:
+             seconds_compile: float, stopped: str, phi) -> OuterResult:
     """The records stacked into an `OuterResult` (empty columns if no window finished)."""
     q = problem.space.size
     columns = {f: np.array([getattr(r, f) for r in records]) if records else
@@ -329,16 +238,24 @@ def _history(problem: BilevelProblem, config: OuterConfig, records: list[WindowR
         config=config, names=problem.space.names, **columns,
         fallback_reason=tuple(r.fallback_reason for r in records),
         eval_step=np.array([r.step for r in evaluated]),
-        test_accuracy=np.array([r.test_accuracy for r in evaluated]),
+        test_metric=np.array([r.test_metric for r in evaluated]),
         trajectories=np.stack([r.trajectory for r in records]) if keep else None,
         seconds_compile=seconds_compile, stopped=stopped,
+        metric_name=getattr(problem, "metric_name", "test_accuracy"), final_phi=np.asarray(phi),
+        final_hyperparameters=np.asarray(problem.space.bounded(jnp.asarray(phi))),
     )
 
 
 def _fingerprint(problem: BilevelProblem, config: OuterConfig, key: PRNGKeyArray) -> dict:
     # cotangent_chunk=None is left out, so that checkpoints written before it existed resume.
-    fields = {k: v for k, v in dataclasses.asdict(config).items()
-              if not (k == "cotangent_chunk" and v is None)}
+    # outer_optimizer=None likewise; a custom one (functions) is recorded as such.
+    custom = config.outer_optimizer is not None
+    fields = {k: v for k, v in dataclasses.asdict(
+        dataclasses.replace(config, outer_optimizer=None)).items()
+        if not (k in ("cotangent_chunk", "outer_optimizer") and v is None)}
+    if custom:
+        fields["outer_optimizer"] = "custom"
+
     return {"config": fields, "names": problem.space.names,
             "key": np.asarray(jax.random.key_data(key)).tolist()}
 
@@ -396,5 +313,5 @@ def run_outer(
             saver.finished(carry, records)
             bar.set_postfix(val_loss=f"{record.val_loss:.3g}")
             if callback is not None:
-                callback(s, _history(problem, config, records, seconds_compile, ""))
-    return _history(problem, config, records, seconds_compile, stopped)
+                callback(s, _history(problem, config, records, seconds_compile, "", carry.phi))
+    return _history(problem, config, records, seconds_compile, stopped, carry.phi)

@@ -6,15 +6,18 @@ so stepping from a carry restored from a checkpoint gives what an uninterrupted 
 """
 
 import time
-from typing import TYPE_CHECKING, NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._estimators import ModeFit, steady_state
+from ._crossval import held_out_rows
+from ._estimators import ESTIMATOR_DEFAULTS, EstimatorSettings, ModeFit, steady_state
 from ._hypergrad import (
     Window,
     playout,
@@ -26,8 +29,124 @@ from ._hypergrad import (
 )
 from ._problems import BilevelProblem, InnerState
 
-if TYPE_CHECKING:  # `_outer` imports this module; configs are only read here
-    from ._outer import OuterConfig
+STRATEGIES = ("none", "local", "global", "glocal")
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterConfig:
+    """How to run the outer loop. Defaults are the paper's (Sec. 4 "Setup").
+
+    **Fields:**
+
+    - `strategy`: one of `none`, `local`, `global`, `glocal`.
+    - `total_steps`: T, inner steps in all.
+    - `tau`: τ, inner steps per outer step (window).
+    - `sigma`: σ, hypergradients of each window given to the DMD (the last σ).
+    - `m`: delays of the Hankel DMD.
+    - `outer_lr`: learning rate of the outer Adam on raw φ.
+    - `outer_optimizer`: any optax transformation to update φ with instead of
+      `optax.adam(outer_lr)`; `None` for that default. A checkpoint does not record it:
+      resume with the same one. Not part of a run's cache key when `None`.
+    - `eval_every`: evaluate the test metric every this many windows (and after the last).
+    - `mode`: `forward` (Z tracking, Eq. 12) or `reverse` (for many hyperparameters).
+    - `reset_tangents`: start every window from Z = 0 (Eq. 12). With `False`, forward-mode Z
+      carries over windows, as if φ had always had its current value (Algorithm 1 of the
+      paper). Reset is the default because it measured better: in the fidelity benchmark
+      at smoke, every estimator's median error to h_T was below that of carried Z (window
+      mean 0.81 against 1.25; local 1.07 against 1.64), and with Z carried none beat
+      predicting zero (error 1).
+    - `estimator`: the steady-state estimator of `glocal` (and recorded by `global`) with
+      its settings, an `EstimatorSettings` (default `ESTIMATOR_DEFAULTS`, method `cv`);
+      `EstimatorSettings(method="paper")` is the paper's Eq. 14.
+    - `eq14_diagnostics`: also fit Eq. 14 in every window whose estimator is not a DMD
+      method, to record its spectral radius and modes kept (one more fit per window; the
+      analysis of chapter 7 asks for it). The DMD methods record their own fit anyway. Not
+      part of a run's cache key when `False`.
+    - `keep_trajectories`: keep the σ hypergradients of every window (`glocal`, `global`) in
+      `OuterResult.trajectories`, to re-fit the DMD afterwards with other settings.
+    - `cotangent_chunk`: cotangents pulled back at once in reverse mode (`None`: all σ). The
+      hypergradients are the same; a pull-back holds one chunk's activations instead of σ's
+      (table2's WideResNet at `full`: see `_configs`). Not part of a run's cache key when
+      `None`.
+    """
+
+    strategy: str = "glocal"
+    total_steps: int = 10_000
+    tau: int = 100
+    sigma: int = 80
+    m: int = 10
+    outer_lr: float = 0.1
+    eval_every: int = 10
+    mode: str = "forward"
+    reset_tangents: bool = True
+    estimator: EstimatorSettings = ESTIMATOR_DEFAULTS
+    eq14_diagnostics: bool = False
+    keep_trajectories: bool = False
+    cotangent_chunk: int | None = None
+    outer_optimizer: Any = None
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}.")
+        if self.tau < 1 or self.total_steps < self.tau:
+            raise ValueError(
+                f"tau={self.tau}, total_steps={self.total_steps}: need 1 <= tau <= total_steps."
+            )
+        if self.total_steps % self.tau:
+            raise ValueError(
+                f"total_steps={self.total_steps} is not a multiple of tau={self.tau}: "
+                f"use e.g. total_steps={self.total_steps - self.total_steps % self.tau}."
+            )
+        if self.strategy in ("glocal", "global") and not 1 <= self.m < self.sigma <= self.tau:
+            raise ValueError(
+                f"sigma={self.sigma}, m={self.m}, tau={self.tau}: {self.strategy} needs "
+                "1 <= m < sigma <= tau (sigma of the tau hypergradients, m delays, and at "
+                "least two Hankel columns)."
+            )
+        if self.mode not in ("forward", "reverse"):
+            raise ValueError(f"mode={self.mode!r}: choose 'forward' or 'reverse'.")
+        if self.mode == "reverse" and self.strategy == "global":
+            raise ValueError("mode='reverse' with strategy='global': playouts are forward mode.")
+        if self.mode == "reverse" and not self.reset_tangents:
+            raise ValueError("reset_tangents=False needs mode='forward' (reverse mode has no Z).")
+        if not isinstance(self.estimator, EstimatorSettings):
+            raise ValueError(f"estimator={self.estimator!r}: pass an EstimatorSettings, e.g. "
+                             "EstimatorSettings(method='paper').")
+        try:
+            self.estimator.checked()
+            if self.strategy in ("glocal", "global") and self.estimator.method == "cv":
+                held_out_rows(self.m, self.estimator.holdout, self.sigma)
+        except ValueError as err:
+            raise ValueError(f"estimator: {err} Or choose another estimator, e.g. "
+                             "estimator=EstimatorSettings(method='mean').") from None
+        outer = self.outer_optimizer
+        if outer is not None and not (callable(getattr(outer, "init", None))
+                                      and callable(getattr(outer, "update", None))):
+            raise ValueError(f"outer_optimizer={outer!r}: an optax transformation, e.g. "
+                             "optax.adam(0.1), or None for Adam with outer_lr.")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every={self.eval_every}: must be >= 1.")
+        chunk = self.cotangent_chunk
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool)
+                                  or chunk < 1):
+            raise ValueError(f"cotangent_chunk={chunk!r}: a positive int (cotangents pulled "
+                             "back at once in reverse mode), or None for all sigma.")
+
+    def outer(self) -> optax.GradientTransformation:
+        """The transformation that updates φ: `outer_optimizer`, or Adam with `outer_lr`."""
+        return self.outer_optimizer or optax.adam(self.outer_lr)
+
+    @property
+    def num_windows(self) -> int:
+        return self.total_steps // self.tau
+
+    @property
+    def num_recorded(self) -> int:
+        """Hypergradients per window the strategy reads: σ for the DMD (`glocal`, `global`),
+        the last one for `local`."""
+        return {"none": 0, "local": 1}.get(self.strategy, self.sigma)
+
+
 
 
 class OuterState(NamedTuple):
@@ -70,7 +189,7 @@ class WindowRecord(NamedTuple):
     train_loss: float
     val_loss: float
     evaluated: bool
-    test_accuracy: float
+    test_metric: float
     spectral_radius: float
     num_kept: int
     fallback: bool
@@ -85,8 +204,8 @@ class Diverged(ArithmeticError):
     """Raised by `step` when the window's training or a hypergradient is not finite."""
 
 
-_evaluate = jax.jit(lambda problem, params: problem.evaluate(params), static_argnames="problem")
-_val_loss = jax.jit(lambda problem, params: problem.val_loss(params), static_argnames="problem")
+_evaluate = eqx.filter_jit(lambda problem, params: problem.evaluate(params))
+_val_loss = eqx.filter_jit(lambda problem, params: problem.val_loss(params))
 
 
 def _timed(fn, *args):
@@ -95,12 +214,12 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def _zero_tangents(config: "OuterConfig", inner: InnerState, q: int) -> PyTree | None:
+def _zero_tangents(config: OuterConfig, inner: InnerState, q: int) -> PyTree | None:
     tracked = config.mode == "forward" and config.strategy != "none"
     return zero_tangents(inner, q) if tracked else None
 
 
-def init(problem: BilevelProblem, config: "OuterConfig", *, key: PRNGKeyArray) -> OuterState:
+def init(problem: BilevelProblem, config: OuterConfig, *, key: PRNGKeyArray) -> OuterState:
     """The carry before window 0: x_0 from `problem.init`, Z = 0, φ_0 and a fresh outer Adam.
 
     **Arguments:**
@@ -114,10 +233,10 @@ def init(problem: BilevelProblem, config: "OuterConfig", *, key: PRNGKeyArray) -
     inner = problem.init(init_key)
     phi = jnp.asarray(problem.phi0)
     return OuterState(0, inner, _zero_tangents(config, inner, phi.shape[0]), phi,
-                      optax.adam(config.outer_lr).init(phi), data_key, playout_key)
+                      config.outer().init(phi), data_key, playout_key)
 
 
-def _window(problem, config: "OuterConfig", carry: OuterState, tangents) -> Window:
+def _window(problem, config: OuterConfig, carry: OuterState, tangents) -> Window:
     """τ inner steps with φ_s fixed, tracking the hypergradients the strategy reads."""
     args = problem, carry.inner
     key = jax.random.fold_in(carry.data_key, carry.window)
@@ -131,7 +250,7 @@ def _window(problem, config: "OuterConfig", carry: OuterState, tangents) -> Wind
                          num_recorded=config.num_recorded)
 
 
-def _steady_state(config: "OuterConfig", hs: np.ndarray) -> tuple[np.ndarray, tuple, float]:
+def _steady_state(config: OuterConfig, hs: np.ndarray) -> tuple[np.ndarray, tuple, float]:
     """ĥ∞ by `config.estimator`; the diagnostics (spectral radius and modes kept of Eq. 14's
     fit, where there is one; whether and why it fell back); the seconds the estimate took,
     without the diagnostics' extra fit. NaN unless `glocal` or `global`."""
@@ -149,7 +268,7 @@ def _steady_state(config: "OuterConfig", hs: np.ndarray) -> tuple[np.ndarray, tu
     return estimate.value, (radius, kept, bool(estimate.fallback), estimate.fallback), seconds
 
 
-def step(problem: BilevelProblem, config: "OuterConfig",
+def step(problem: BilevelProblem, config: OuterConfig,
          carry: OuterState) -> tuple[OuterState, WindowRecord]:
     """Window s = `carry.window`: τ inner steps with φ_s, then φ_{s+1} by the strategy.
 
@@ -176,6 +295,13 @@ def step(problem: BilevelProblem, config: "OuterConfig",
     if not np.isfinite(train_loss):
         raise Diverged(f"training diverged in window {s} (non-finite training loss)")
     if not np.all(np.isfinite(hs)):
+        if s == 0 and config.mode == "forward":
+            raise FloatingPointError(
+                "the hypergradient is not finite in the first window although training is. "
+                "Likely causes: an Adam-family optimizer with eps_root = 0 (forward-mode "
+                "tangents through sqrt(nu) are NaN where a gradient entry is 0: use "
+                "glocal_core.learnable, which sets eps_root=1e-16, or pass eps_root > 0), or "
+                "a loss with a non-differentiable point (sqrt or abs at 0, a hard max).")
         raise Diverged(f"hypergradient diverged in window {s} (non-finite h_t)")
 
     estimate, diagnostics, seconds_estimate = _steady_state(config, hs)
@@ -195,26 +321,25 @@ def step(problem: BilevelProblem, config: "OuterConfig",
 
     params = window.state.params
     evaluated = (s + 1) % config.eval_every == 0 or s + 1 == config.num_windows
-    test_accuracy = np.nan
+    test_metric = np.nan
     if evaluated:
-        metrics = jax.device_get(_evaluate(problem, params))
-        test_accuracy = float(metrics.get("test_accuracy", np.nan))
+        test_metric = float(jax.device_get(_evaluate(problem, params))[problem.metric_name])
     record = WindowRecord(
         steps_done, np.asarray(phi), np.asarray(problem.space.bounded(phi)), update, local,
-        estimate, train_loss, float(_val_loss(problem, params)), evaluated, test_accuracy,
+        estimate, train_loss, float(_val_loss(problem, params)), evaluated, test_metric,
         *diagnostics, seconds_window, seconds_playout, seconds_estimate,
         hs if config.keep_trajectories else None,
     )
     outer_state = carry.outer_state
     if config.strategy != "none":
-        updates, outer_state = optax.adam(config.outer_lr).update(
+        updates, outer_state = config.outer().update(
             jnp.asarray(update, phi.dtype), outer_state, phi)
         phi = optax.apply_updates(phi, updates)
     return carry._replace(window=s + 1, inner=window.state, tangents=window.tangents, phi=phi,
                           outer_state=outer_state), record
 
 
-def compile_step(problem: BilevelProblem, config: "OuterConfig", carry: OuterState) -> float:
+def compile_step(problem: BilevelProblem, config: OuterConfig, carry: OuterState) -> float:
     """Compile what `step` will run from `carry`, so that window times exclude compilation.
 
     **Returns:** the seconds it took.
@@ -225,5 +350,16 @@ def compile_step(problem: BilevelProblem, config: "OuterConfig", carry: OuterSta
             mode=None if config.strategy == "none" else config.mode,
             playouts=config.strategy == "global", cotangent_chunk=config.cotangent_chunk)
     params = carry.inner.params
+    check_metric(problem)
     jax.block_until_ready((_evaluate(problem, params), _val_loss(problem, params)))
     return time.perf_counter() - start
+
+
+def check_metric(problem: BilevelProblem) -> None:
+    """Raise a `ValueError` unless `problem.evaluate` reports `problem.metric_name`."""
+    name = getattr(problem, "metric_name", None)
+    state = jax.eval_shape(problem.init, jax.random.key(0))
+    reported = jax.eval_shape(problem.evaluate, state.params)
+    if name not in reported:
+        raise ValueError(f"metric_name={name!r} is not among what the problem's evaluate "
+                         f"reports, {sorted(reported)}: set metric_name to one of them.")

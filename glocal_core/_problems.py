@@ -1,12 +1,20 @@
-"""Bilevel problems behind one small interface.
+"""Bilevel problems as equinox modules.
 
 A problem fixes the inner state x = (θ, optimizer state), the inner step Θ(x, φ) of Eq. (4),
 the validation loss ℓ̃(θ) of Eq. (3) and a test metric. Everything the outer loop and the
-hypergradient trackers need is a pure function of these, so any model, data set and optimizer
+hypergradient trackers need is a method of the problem, so any model, data set and optimizer
 that fits the interface gets all four strategies for free.
+
+A problem is an `eqx.Module`: its data, initial parameters and φ_0 are leaves, its
+functions static. The trackers go through `eqx.filter_jit`, so two problems with the same
+functions and the same shapes share one compilation, and no compiled function keeps a
+problem's data alive.
+
+`loss_problem` builds one for any `loss(params, batch)`; `classification_problem` is a thin
+use of it, `reweighting_problem` (φ: a meta network) and `quadratic_problem` (a closed-form
+check) are problems of their own.
 """
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,7 +25,6 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
-from ._data import sample_batch
 from ._hyperparams import HyperOptimizer, HyperSpace
 
 
@@ -28,38 +35,287 @@ class InnerState(NamedTuple):
     opt_state: Any
 
 
-# eq=False: problems hash by identity, so they can be static arguments of `jax.jit`.
-@dataclasses.dataclass(frozen=True, eq=False)
-class BilevelProblem:
-    """A bilevel problem, Eq. (3)–(4).
+class BilevelProblem(eqx.Module):
+    """A bilevel problem, Eq. (3)–(4). Subclasses define:
 
-    **Fields:**
-
-    - `space`: names and bounds of φ.
-    - `phi0`: raw initial φ, shape `(q,)`.
-    - `init`: `(key) -> InnerState`.
-    - `step`: Θ, `(state, phi, key) -> (state, train_loss)`; `key` draws the minibatch.
-    - `val_loss`: ℓ̃, `(params) -> scalar`.
-    - `evaluate`: `(params) -> {"test_accuracy": ..., ...}`, jittable.
+    - `space` (`HyperSpace`) and `phi0`, raw initial φ of shape `(q,)`;
+    - `init(key) -> InnerState`;
+    - `step(state, phi, key) -> (state, train_loss)`, Θ; `key` draws the minibatch;
+    - `val_loss(params) -> scalar`, ℓ̃;
+    - `evaluate(params) -> dict[str, scalar]`, jittable, holding `metric_name`, the test
+      metric the outer loop records.
     """
 
-    space: HyperSpace
-    phi0: Float[Array, " q"]
-    init: Callable[[PRNGKeyArray], InnerState]
-    step: Callable[[InnerState, Float[Array, " q"], PRNGKeyArray], tuple[InnerState, Scalar]]
-    val_loss: Callable[[PyTree], Scalar]
-    evaluate: Callable[[PyTree], dict[str, Scalar]]
+    def init(self, key: PRNGKeyArray) -> InnerState:
+        raise NotImplementedError
+
+    def step(self, state: InnerState, phi: Float[Array, " q"],
+             key: PRNGKeyArray) -> tuple[InnerState, Scalar]:
+        raise NotImplementedError
+
+    def val_loss(self, params: PyTree) -> Scalar:
+        raise NotImplementedError
+
+    def evaluate(self, params: PyTree) -> dict[str, Scalar]:
+        raise NotImplementedError
 
 
-def _optimizer_step(loss_fn, optimizer: HyperOptimizer):
-    """Θ for `optimizer` on `loss_fn(params, key)`."""
+def _num_examples(data: PyTree, what: str) -> int:
+    leaves = jax.tree.leaves(data)
+    if not leaves or any(jnp.ndim(x) == 0 for x in leaves):
+        raise ValueError(f"{what}: a pytree of arrays with a leading example axis, e.g. (x, y).")
+    sizes = {int(x.shape[0]) for x in leaves}
+    if len(sizes) != 1:
+        raise ValueError(f"{what}: every array needs the same number of examples on axis 0, "
+                         f"got {sorted(sizes)}.")
+    return sizes.pop()
 
-    def step(state: InnerState, phi, key):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, key)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, phi)
-        return InnerState(optax.apply_updates(state.params, updates), opt_state), loss
 
-    return step
+def sample_examples(data: PyTree, key: PRNGKeyArray, batch_size: int) -> PyTree:
+    """`batch_size` examples of `data` (arrays with a leading example axis), drawn
+    independently and uniformly with replacement as a pure function of `key` (see
+    `sample_batch`)."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    index = jax.random.randint(key, (batch_size,), 0, n)
+    return jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+
+
+def chunked_mean(fn: Callable[[PyTree], Scalar], data: PyTree, chunk: int | None, *,
+                 remat: bool = False) -> Scalar:
+    """The mean over all examples of `data` of `fn`, itself a mean over a batch, computed in
+    chunks of at most `chunk` examples (`None`: in one). With `remat`, a gradient recomputes
+    each chunk's activations in its backward pass, holding one chunk's instead of all."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    if chunk is None or n <= chunk:
+        return fn(data)
+    full = n - n % chunk
+    body = jax.checkpoint(fn) if remat else fn
+    head = jax.tree.map(lambda x: x[:full].reshape(-1, chunk, *x.shape[1:]), data)
+    total = jnp.sum(jax.lax.map(body, head)) * chunk
+    if full < n:
+        total = total + fn(jax.tree.map(lambda x: x[full:], data)) * (n - full)
+    return total / n
+
+
+def _optimizer_step(optimizer: HyperOptimizer, loss_fn, state: InnerState, phi):
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, phi=phi)
+    return InnerState(optax.apply_updates(state.params, updates), opt_state), loss
+
+
+class LossProblem(BilevelProblem):
+    """Tune `optimizer`'s hyperparameters for `loss(params, batch)`: built by `loss_problem`.
+
+    `params0` holds the trainable arrays; `structure` the rest of the model (static), so
+    that `loss` and `metric` see the whole model (`eqx.combine(params, structure)`).
+    """
+
+    optimizer: HyperOptimizer
+    params0: PyTree
+    train: PyTree
+    val: PyTree
+    test: PyTree | None
+    structure: PyTree
+    loss: Callable = eqx.field(static=True)
+    metric: Callable | None = eqx.field(static=True)
+    metric_name: str = eqx.field(static=True)
+    batch_size: int = eqx.field(static=True)
+    val_chunk: int | None = eqx.field(static=True)
+    eval_chunk: int | None = eqx.field(static=True)
+
+    @property
+    def space(self) -> HyperSpace:
+        return self.optimizer.space
+
+    @property
+    def phi0(self) -> Float[Array, " q"]:
+        return self.optimizer.phi0
+
+    def model(self, params: PyTree) -> PyTree:
+        """The whole model (or parameter pytree) with trainable arrays `params`."""
+        return eqx.combine(params, self.structure)
+
+    def init(self, key):
+        return InnerState(self.params0, self.optimizer.init(self.params0))
+
+    def step(self, state, phi, key):
+        batch = sample_examples(self.train, key, self.batch_size)
+        return _optimizer_step(self.optimizer, lambda p: self.loss(self.model(p), batch),
+                               state, phi)
+
+    def val_loss(self, params):
+        model = self.model(params)
+        return chunked_mean(lambda d: self.loss(model, d), self.val, self.val_chunk, remat=True)
+
+    def evaluate(self, params):
+        out = {"val_loss": self.val_loss(params)}
+        if self.metric is not None:
+            model = self.model(params)
+            out[self.metric_name] = chunked_mean(lambda d: self.metric(model, d), self.test,
+                                                 self.eval_chunk)
+        return out
+
+
+def loss_problem(
+    loss: Callable[[PyTree, PyTree], Scalar],
+    params: PyTree,
+    train: PyTree,
+    val: PyTree,
+    optimizer: HyperOptimizer,
+    *,
+    test: PyTree | None = None,
+    metric: Callable[[PyTree, PyTree], Scalar] | None = None,
+    metric_name: str | None = None,
+    batch_size: int = 128,
+    val_chunk: int | None = None,
+    eval_chunk: int | None = None,
+) -> LossProblem:
+    """Tune the hyperparameters of `optimizer` for any differentiable loss.
+
+    The inner step draws a minibatch of `train` and takes one `optimizer` step on `loss`;
+    ℓ̃ is `loss` on all of `val` (deterministic, as in the paper).
+
+    **Arguments:**
+
+    - `loss`: `loss(params, batch) -> scalar`, the mean over the batch's examples.
+    - `params`: initial parameters: a pytree of float arrays, or an equinox module (its
+      floating-point arrays are trained, the rest kept).
+    - `train`, `val`: pytrees of arrays with a leading example axis, e.g. `(x, y)`.
+    - `optimizer`: a `HyperOptimizer` (`learnable`, `sgd`, `adam`).
+    - `test`, `metric`: a test set and `metric(params, batch) -> scalar` (a mean over the
+      batch), recorded under `metric_name` (default: the function's name) at every
+      evaluation of the outer loop. Give both or neither.
+    - `batch_size`: training minibatch size.
+    - `val_chunk`, `eval_chunk`: examples per pass of ℓ̃ and of `metric` (`None`: all).
+
+    **Returns:** a `LossProblem`.
+
+    **Raises:** `ValueError` for parameters with no float array, data without a common
+    leading axis, a bad `batch_size`, a `loss` that does not return a scalar on a batch of
+    `train`, or `test` without `metric` (or the reverse).
+    """
+    if not isinstance(optimizer, HyperOptimizer):
+        raise ValueError(f"optimizer={optimizer!r}: a HyperOptimizer, e.g. "
+                         "glocal_core.learnable(optax.sgd, learning_rate=0.1, learn=...).")
+    params0, structure = eqx.partition(params, eqx.is_inexact_array)
+    if not jax.tree.leaves(params0):
+        raise ValueError("params has no floating-point array to train: pass the model's "
+                         "parameters (a pytree of float arrays, or an equinox module).")
+    n = _num_examples(train, "train")
+    _num_examples(val, "val")
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size}: must be in [1, {n}] (the training set size).")
+    if (test is None) != (metric is None):
+        raise ValueError("test and metric go together: pass both (the metric is recorded on "
+                         "test at every evaluation) or neither.")
+    if test is not None:
+        _num_examples(test, "test")
+    if metric_name is None:
+        name = getattr(metric, "__name__", "")
+        metric_name = name if name.isidentifier() else "test_metric"
+    batch = sample_examples(train, jax.random.key(0), min(batch_size, 2))
+    try:
+        shape = jax.eval_shape(lambda p: loss(eqx.combine(p, structure), batch), params0)
+    except Exception as err:
+        raise ValueError(f"loss(params, batch) failed on a batch of train: {err}") from err
+    if getattr(shape, "shape", None) != ():
+        raise ValueError(f"loss(params, batch) must return a scalar (the batch mean), got "
+                         f"{shape}.")
+    return LossProblem(optimizer, params0, train, val, test, structure, loss, metric,
+                       metric_name, batch_size, val_chunk, eval_chunk)
+
+
+def _logits(model, x):
+    return jax.vmap(model)(x)
+
+
+def cross_entropy(model, batch) -> Scalar:
+    """Mean cross-entropy of a per-example classifier `model` on `batch = (x, labels)`."""
+    x, y = batch
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(_logits(model, x), y))
+
+
+def accuracy(model, batch) -> Scalar:
+    """The share of `batch = (x, labels)` that `model`'s largest logit classifies right."""
+    x, y = batch
+    return jnp.mean((jnp.argmax(_logits(model, x), -1) == y).astype(jnp.result_type(float)))
+
+
+def _check_labels(sets: dict[str, tuple]) -> None:
+    for name, data in sets.items():
+        if not (isinstance(data, tuple) and len(data) == 2):
+            raise ValueError(f"{name}: an (images, labels) pair.")
+        if not jnp.issubdtype(jnp.asarray(data[1]).dtype, jnp.integer):
+            raise ValueError(f"{name}: labels must be integer class indices, got "
+                             f"{jnp.asarray(data[1]).dtype}; convert with labels.astype(int).")
+
+
+def classification_problem(
+    model: eqx.Module,
+    train: tuple[Float[Array, "n ..."], Int[Array, " n"]],
+    val: tuple[Float[Array, "nv ..."], Int[Array, " nv"]],
+    test: tuple[Float[Array, "nt ..."], Int[Array, " nt"]],
+    optimizer: HyperOptimizer,
+    *,
+    batch_size: int = 128,
+    eval_chunk: int = 1000,
+    val_chunk: int | None = None,
+) -> LossProblem:
+    """Hyperparameter optimisation of `optimizer` for a per-example classifier (Sec. 4.1):
+    `loss_problem` with the cross-entropy and `test_accuracy`.
+
+    **Arguments:**
+
+    - `model`: an equinox module mapping one example to logits; its float arrays are θ.
+    - `train`, `val`, `test`: `(images, labels)` arrays, labels integer, on the device.
+    - `optimizer`: the inner optimizer with its learned hyperparameters.
+    - `batch_size`: training minibatch size (the paper: 128).
+    - `eval_chunk`, `val_chunk`: examples per forward pass of the test metric and of ℓ̃
+      (`None`: all in one). ℓ̃ is the same full-batch mean either way (up to rounding).
+
+    **Returns:** a `LossProblem` whose metric is `test_accuracy`.
+    """
+    _check_labels(dict(train=train, val=val, test=test))
+    return loss_problem(cross_entropy, model, train, val, optimizer, test=test,
+                        metric=accuracy, metric_name="test_accuracy", batch_size=batch_size, val_chunk=val_chunk,
+                        eval_chunk=eval_chunk)
+
+
+class QuadraticProblem(BilevelProblem):
+    """ℓ(θ) = ½‖θ − a‖² (+ gradient noise), ℓ̃(θ) = ½‖θ − b‖²: built by `quadratic_problem`."""
+
+    optimizer: HyperOptimizer
+    a: Float[Array, " p"]
+    b: Float[Array, " p"]
+    theta0: Float[Array, " p"]
+    noise: float = eqx.field(static=True)
+    metric_name = "val_loss"
+
+    @property
+    def space(self) -> HyperSpace:
+        return self.optimizer.space
+
+    @property
+    def phi0(self) -> Float[Array, " q"]:
+        return self.optimizer.phi0
+
+    def init(self, key):
+        return InnerState(self.theta0, self.optimizer.init(self.theta0))
+
+    def step(self, state, phi, key):
+        jitter = self.noise * jax.random.normal(key, self.a.shape, self.a.dtype)
+
+        def train_loss(theta):  # the noise enters the gradient only: θ − a + ε
+            return (0.5 * jnp.sum((theta - self.a) ** 2)
+                    + jnp.vdot(jax.lax.stop_gradient(jitter), theta))
+
+        return _optimizer_step(self.optimizer, train_loss, state, phi)
+
+    def val_loss(self, params):
+        return 0.5 * jnp.sum((params - self.b) ** 2)
+
+    def evaluate(self, params):
+        return {"val_loss": self.val_loss(params)}
 
 
 def quadratic_problem(
@@ -69,7 +325,7 @@ def quadratic_problem(
     *,
     params0: Float[Array, " p"] | None = None,
     noise: float = 0.0,
-) -> BilevelProblem:
+) -> QuadraticProblem:
     """ℓ(θ) = ½‖θ − a‖² (+ gradient noise), ℓ̃(θ) = ½‖θ − b‖²: best φ known in closed form.
 
     With weight decay λ learned, gradient descent converges to θ∞ = a / (1 + λ), so the
@@ -84,123 +340,12 @@ def quadratic_problem(
     - `params0`: θ_0 (zeros if omitted).
     - `noise`: standard deviation of Gaussian noise added to each gradient (a noisy
       quadratic in the spirit of Wu et al. 2018).
+
+    **Returns:** a `QuadraticProblem`.
     """
     a = jnp.asarray(train_target)
-    b = jnp.asarray(val_target)
     theta0 = jnp.zeros_like(a) if params0 is None else jnp.asarray(params0, a.dtype)
-
-    def train_loss(theta, key):
-        jitter = noise * jax.random.normal(key, theta.shape, theta.dtype)
-        # the noise enters the gradient only: d/dθ [½‖θ−a‖² + ⟨ε, θ⟩] = θ − a + ε
-        return 0.5 * jnp.sum((theta - a) ** 2) + jnp.vdot(jax.lax.stop_gradient(jitter), theta)
-
-    def val_loss(theta):
-        return 0.5 * jnp.sum((theta - b) ** 2)
-
-    return BilevelProblem(
-        space=optimizer.space,
-        phi0=optimizer.phi0,
-        init=lambda key: InnerState(theta0, optimizer.init(theta0)),
-        step=_optimizer_step(train_loss, optimizer),
-        val_loss=val_loss,
-        evaluate=lambda theta: {"val_loss": val_loss(theta)},
-    )
-
-
-def _cross_entropy(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def _chunked_sum(fn, x, y, chunk: int, *, remat: bool = False):
-    """`Σ_c fn(x_c, y_c)` over chunks of at most `chunk` examples: one `lax.map` over the
-    full chunks, then the rest. With `remat`, a gradient recomputes each chunk's activations
-    in its backward pass (`jax.checkpoint`), so it holds one chunk's instead of all of them."""
-    chunk = min(chunk, len(y))
-    n = len(y) - len(y) % chunk
-    body = jax.checkpoint(fn) if remat else fn
-    sums = jax.lax.map(lambda xy: body(*xy), (x[:n].reshape(-1, chunk, *x.shape[1:]),
-                                              y[:n].reshape(-1, chunk)))
-    return jnp.sum(sums) + (fn(x[n:], y[n:]) if n < len(y) else 0)
-
-
-class _Classifier(NamedTuple):
-    """What every classification problem shares: θ_0, the loss on a minibatch, ℓ̃, metrics."""
-
-    params0: PyTree
-    batch_losses: Callable  # (params, key) -> per-example cross-entropy of a minibatch
-    val_loss: Callable
-    evaluate: Callable
-
-
-def _classifier(model, train, val, test, batch_size: int, eval_chunk: int,
-                val_chunk: int | None) -> _Classifier:
-    params0, static = eqx.partition(model, eqx.is_inexact_array)
-    x_train, y_train = train
-    x_val, y_val = val
-    x_test, y_test = test
-    if batch_size < 1 or batch_size > len(y_train):
-        raise ValueError(
-            f"batch_size={batch_size}: must be in [1, {len(y_train)}] (the training set size)."
-        )
-
-    def logits(params, x):
-        return jax.vmap(eqx.combine(params, static))(x)
-
-    def batch_losses(params, key):
-        x, y = sample_batch(x_train, y_train, key, batch_size)
-        return _cross_entropy(logits(params, x), y)
-
-    def val_loss(params):
-        if val_chunk is None or len(y_val) <= val_chunk:
-            return jnp.mean(_cross_entropy(logits(params, x_val), y_val))
-        return _chunked_sum(lambda x, y: jnp.sum(_cross_entropy(logits(params, x), y)),
-                            x_val, y_val, val_chunk, remat=True) / len(y_val)
-
-    def evaluate(params):
-        hits = _chunked_sum(lambda x, y: jnp.sum(jnp.argmax(logits(params, x), -1) == y),
-                            x_test, y_test, eval_chunk)
-        return {"test_accuracy": hits / len(y_test), "val_loss": val_loss(params)}
-
-    return _Classifier(params0, batch_losses, val_loss, evaluate)
-
-
-def classification_problem(
-    model: eqx.Module,
-    train: tuple[Float[Array, "n ..."], Int[Array, " n"]],
-    val: tuple[Float[Array, "nv ..."], Int[Array, " nv"]],
-    test: tuple[Float[Array, "nt ..."], Int[Array, " nt"]],
-    optimizer: HyperOptimizer,
-    *,
-    batch_size: int = 128,
-    eval_chunk: int = 1000,
-    val_chunk: int | None = None,
-) -> BilevelProblem:
-    """Hyperparameter optimisation of `optimizer` for a per-example `model` (Sec. 4.1).
-
-    The training minibatch is drawn on the device from the step's key; the validation loss is
-    full-batch over `val` (the paper's choice, to keep ℓ̃ deterministic).
-
-    **Arguments:**
-
-    - `model`: an equinox module mapping one example to logits; its inexact arrays are θ.
-    - `train`, `val`, `test`: `(images, labels)` arrays, already on the device.
-    - `optimizer`: the inner optimizer with its learned hyperparameters.
-    - `batch_size`: training minibatch size (the paper: 128).
-    - `eval_chunk`: test examples per forward pass when evaluating.
-    - `val_chunk`: validation examples per forward pass of ℓ̃ (`None`: all in one). ℓ̃ is
-      the same full-batch mean either way (up to float rounding); with chunks, its gradient
-      holds one chunk's activations and recomputes them in the backward pass.
-    """
-    c = _classifier(model, train, val, test, batch_size, eval_chunk, val_chunk)
-    return BilevelProblem(
-        space=optimizer.space,
-        phi0=optimizer.phi0,
-        init=lambda key: InnerState(c.params0, optimizer.init(c.params0)),
-        step=_optimizer_step(lambda params, key: jnp.mean(c.batch_losses(params, key)),
-                             optimizer),
-        val_loss=c.val_loss,
-        evaluate=c.evaluate,
-    )
+    return QuadraticProblem(optimizer, a, jnp.asarray(val_target), theta0, float(noise))
 
 
 def meta_network(meta: eqx.Module) -> tuple[Float[Array, " q"], Callable[[Array], eqx.Module]]:
@@ -209,6 +354,51 @@ def meta_network(meta: eqx.Module) -> tuple[Float[Array, " q"], Callable[[Array]
     params, static = eqx.partition(meta, eqx.is_inexact_array)
     phi, unravel = ravel_pytree(params)
     return phi, lambda phi: eqx.combine(unravel(phi), static)
+
+
+class ReweightingProblem(BilevelProblem):
+    """Data reweighting (Sec. 4.2), φ the parameters of a meta network: built by
+    `reweighting_problem`."""
+
+    classifier: LossProblem
+    phi0: Float[Array, " q"]
+    meta_params: PyTree
+    meta_structure: PyTree = eqx.field(static=True)
+    sgd: tuple[float, float, float] = eqx.field(static=True)
+    metric_name = "test_accuracy"
+
+    @property
+    def space(self) -> HyperSpace:
+        return HyperSpace(tuple(f"meta_{i}" for i in range(self.phi0.size)), None, None)
+
+    def _optimizer(self) -> optax.GradientTransformation:
+        learning_rate, momentum, weight_decay = self.sgd
+        return optax.chain(optax.add_decayed_weights(weight_decay),
+                           optax.sgd(learning_rate, momentum=momentum))
+
+    def init(self, key):
+        params0 = self.classifier.params0
+        return InnerState(params0, self._optimizer().init(params0))
+
+    def step(self, state, phi, key):
+        c = self.classifier
+        x, y = sample_examples(c.train, key, c.batch_size)
+        meta = eqx.combine(ravel_pytree(self.meta_params)[1](phi), self.meta_structure)
+
+        def weighted_loss(params):
+            losses = optax.softmax_cross_entropy_with_integer_labels(
+                _logits(c.model(params), x), y)
+            return jnp.mean(losses * meta(jax.lax.stop_gradient(losses)))
+
+        loss, grads = jax.value_and_grad(weighted_loss)(state.params)
+        updates, opt_state = self._optimizer().update(grads, state.opt_state, state.params)
+        return InnerState(optax.apply_updates(state.params, updates), opt_state), loss
+
+    def val_loss(self, params):
+        return self.classifier.val_loss(params)
+
+    def evaluate(self, params):
+        return self.classifier.evaluate(params)
 
 
 def reweighting_problem(
@@ -224,7 +414,7 @@ def reweighting_problem(
     batch_size: int = 128,
     eval_chunk: int = 1000,
     val_chunk: int | None = None,
-) -> BilevelProblem:
+) -> ReweightingProblem:
     """Data reweighting (Sec. 4.2): φ are the parameters of a meta network μ_φ.
 
     The inner loss is the minibatch mean of L(x, y; θ) · μ_φ(L(x, y; θ)) with L the
@@ -238,30 +428,20 @@ def reweighting_problem(
     - `model`: per-example classifier; its inexact arrays are θ.
     - `meta`: the meta network (e.g. `MetaMLP`, q = 385); its inexact arrays, flattened, are
       φ, unbounded, with its current values as φ_0.
-    - `train`, `val`, `test`: `(images, labels)` arrays on the device.
+    - `train`, `val`, `test`: `(images, labels)` arrays on the device, labels integer.
     - `learning_rate`, `momentum`, `weight_decay`, `batch_size`: the inner SGD.
     - `eval_chunk`, `val_chunk`: as in `classification_problem`.
+
+    **Returns:** a `ReweightingProblem`.
     """
-    c = _classifier(model, train, val, test, batch_size, eval_chunk, val_chunk)
-    phi0, network = meta_network(meta)
-    optimizer = optax.chain(optax.add_decayed_weights(weight_decay),
-                            optax.sgd(learning_rate, momentum=momentum))
+    # the classifier's own optimizer is never used: a placeholder that builds no state
+    from ._hyperparams import sgd as _sgd
 
-    def weighted_loss(params, phi, key):
-        losses = c.batch_losses(params, key)
-        weights = network(phi)(jax.lax.stop_gradient(losses))
-        return jnp.mean(losses * weights)
-
-    def step(state: InnerState, phi, key):
-        loss, grads = jax.value_and_grad(weighted_loss)(state.params, phi, key)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return InnerState(optax.apply_updates(state.params, updates), opt_state), loss
-
-    return BilevelProblem(
-        space=HyperSpace(tuple(f"meta_{i}" for i in range(phi0.size)), None, None),
-        phi0=phi0,
-        init=lambda key: InnerState(c.params0, optimizer.init(c.params0)),
-        step=step,
-        val_loss=c.val_loss,
-        evaluate=c.evaluate,
-    )
+    classifier = classification_problem(model, train, val, test,
+                                        _sgd(learn=("learning_rate",)),
+                                        batch_size=batch_size, eval_chunk=eval_chunk,
+                                        val_chunk=val_chunk)
+    meta_params, meta_structure = eqx.partition(meta, eqx.is_inexact_array)
+    phi0 = ravel_pytree(meta_params)[0]
+    return ReweightingProblem(classifier, phi0, meta_params, meta_structure,
+                              (float(learning_rate), float(momentum), float(weight_decay)))

@@ -4,20 +4,22 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
-from glocal_core._bench import (
+from glocal_core.repro.bench import (
+    BenchConfig,
+    run_bench,
     PAPER,
     PAPER_SECONDS,
     format_table,
     predicted_global_ratio,
 )
 
-TINY = gc.BenchConfig(steps=4, tau=2, sigma=2, m=1, batch_size=4, val_size=8, train_size=16,
+TINY = BenchConfig(steps=4, tau=2, sigma=2, m=1, batch_size=4, val_size=8, train_size=16,
                       model="mlp")
 
 
 @pytest.fixture(scope="module")
 def report():
-    return gc.run_bench(TINY, progress=False)
+    return run_bench(TINY, progress=False)
 
 
 def test_report_times_every_strategy(report):
@@ -69,4 +71,4 @@ def test_paper_workload_is_the_papers():
 )
 def test_bad_config_says_what_is_wrong(change, message):
     with pytest.raises(ValueError, match=message):
-        gc.run_bench(dataclasses.replace(TINY, **change), progress=False)
+        run_bench(dataclasses.replace(TINY, **change), progress=False)

@@ -21,7 +21,7 @@ import yaml
 
 from glocal_core import has_fashion_mnist_idx
 from glocal_core._idx import FASHION_MNIST_DEBIAN_DIR, CorruptDatasetError
-from glocal_core.colab import colab_setup, fetch_fashion_mnist, runtime_line
+from glocal_core.repro.colab import colab_setup, fetch_fashion_mnist, runtime_line
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -41,7 +41,7 @@ def _run_as_colab(source: str, *, gpu: bool, monkeypatch) -> tuple[list[str], di
 
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/nvidia-smi" if gpu else None)
-    monkeypatch.setattr("glocal_core.colab.colab_setup", lambda: "runtime line")
+    monkeypatch.setattr("glocal_core.repro.colab.colab_setup", lambda: "runtime line")
     magics = []
     namespace = {}
 
@@ -132,7 +132,7 @@ def test_the_colab_install_works_in_a_fresh_environment(tmp_path):
     python = tmp_path / "venv" / "bin" / "python"
     subprocess.run([python, "-m", "pip", "install", *line.group(1).split(),
                     f"glocal_core @ {checkout.as_uri()}"], check=True, cwd=tmp_path)
-    script = ("from glocal_core.colab import colab_setup; "
+    script = ("from glocal_core.repro.colab import colab_setup; "
               f"print(colab_setup({str(tmp_path / 'fm')!r}, base_url={source.as_uri()!r})); "
               "import glocal_core as gc; print(gc.load_fashion_mnist().train.images.shape)")
     env = {k: v for k, v in os.environ.items() if k != "GLOCAL_FASHION_MNIST_DIR"}

@@ -8,8 +8,8 @@ import jax
 import pytest
 
 import glocal_core as gc
-from glocal_core import _doctor, _dryrun
-from glocal_core import experiments as ex
+from glocal_core.repro import doctor as _doctor, dryrun as _dryrun
+from glocal_core.repro import experiments as ex
 
 
 def test_doctor_reports_this_machine(tmp_path):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
-from glocal_core import _dryrun as dr
-from glocal_core import _unitcost
-from glocal_core import experiments as ex
-from glocal_core.__main__ import main
-from glocal_core._doctor import load_report
+from glocal_core.repro import dryrun as dr
+from glocal_core.repro import unitcost as _unitcost
+from glocal_core.repro import experiments as ex
+from glocal_core.repro.cli import main
+from glocal_core.repro.doctor import load_report
 
 FULL = ("fig2", "fig3", "table2", "fig4", "table3")
 
@@ -96,7 +96,7 @@ def test_full_wide_resnet_runs_fit_one_80_gib_gpu_and_the_cli_checks_it(
     rows, _ = full_dry_run(name)
     assert rows and max(r.peak_bytes for r in rows) < 80 * 2**30, dr.format_dry_runs(rows)
     monkeypatch.setattr(dr, "dry_run", lambda *args, **kwargs: rows)
-    monkeypatch.setattr("glocal_core._doctor.save_report", lambda *args: None)
+    monkeypatch.setattr("glocal_core.repro.doctor.save_report", lambda *args: None)
     command = ["reproduce", name, "--profile", "full", "--dry-run"]
     assert main(command) == 0
     assert main([*command, "--memory-limit", "0.001"]) == 1

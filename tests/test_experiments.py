@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
-from glocal_core import _configs
-from glocal_core import experiments as ex
-from glocal_core.__main__ import main
+from glocal_core.repro import configs as _configs
+from glocal_core.repro.bench import BenchConfig
+from glocal_core.repro import experiments as ex
+from glocal_core.repro.cli import main
 
 # Windows of 3 rows are too short for the default estimator (cv holds rows out): the mean.
 MEAN = gc.EstimatorSettings(method="mean")
@@ -44,7 +45,7 @@ def test_every_experiment_is_well_formed(name, profile):
     assert exp.profile == profile and exp.description
     if name == "table3":
         assert exp.bench is not None and not exp.runs
-        assert (exp.bench == gc.BenchConfig(steps=10_000, tau=100, sigma=80, m=10,
+        assert (exp.bench == BenchConfig(steps=10_000, tau=100, sigma=80, m=10,
                                             val_size=6000, train_size=54_000)) == (profile == "full")
         assert (exp.bench.tau, exp.bench.sigma, exp.bench.m) == (100, 80, 10)
         return
@@ -227,7 +228,7 @@ def test_cli_lists_runs_and_refuses_bad_names(tmp_path, capsys):
 
 
 def test_mode_comparison_times_both_modes_on_the_385_parameter_problem():
-    from glocal_core._bench import compare_modes
+    from glocal_core.repro.bench import compare_modes
 
     report = compare_modes(tau=2, sigma=1, batch_size=2, val_size=4)
     assert report["q"] == 385
@@ -251,7 +252,7 @@ def test_fidelity_cli_scores_every_estimator(tmp_path, monkeypatch, capsys):
 
     import functools
 
-    import glocal_core.fidelity as gf
+    import glocal_core.repro.fidelity as gf
 
     # Windows of 8 rows: the shortest that every estimator, cv included, reads at m = 2.
     specs = [dataclasses.replace(_tiny(strategy="global", keep_trajectories=True,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
-import glocal_core.fidelity as gf
+import glocal_core.repro.fidelity as gf
 
 
 def _global_run_with_trajectories():

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from glocal_core import _gpucheck as gpc
-from glocal_core import experiments as ex
-from glocal_core._bench import PAPER, BenchConfig, predicted_global_ratio
+from glocal_core.repro import gpucheck as gpc
+from glocal_core.repro import experiments as ex
+from glocal_core.repro.bench import PAPER, BenchConfig, predicted_global_ratio
 
 TINY = BenchConfig(steps=20, tau=5, sigma=4, m=2, batch_size=32, val_size=64, train_size=512,
                    model="mlp")

@@ -108,7 +108,7 @@ def test_state_dtype_follows_params(dtype):
     params = jax.tree.map(lambda a: a.astype(dtype), _params())
     state = opt.init(params)
     assert {v.dtype for v in state.hyperparams.values()} == {jnp.dtype(dtype)}
-    _, new_state = opt.update(_grads(), state, params, opt.phi0)
+    _, new_state = opt.update(_grads(), state, params, phi=opt.phi0)
     assert {v.dtype for v in new_state.hyperparams.values()} == {jnp.dtype(dtype)}
 
 
@@ -125,7 +125,7 @@ def test_sgd_update_equals_hand_written_momentum_and_weight_decay():
     for i, phi in enumerate(phis):
         lr, momentum, decay = opt.space.bounded(phi)
         grads = _grads(1.0 + i)
-        updates, state = opt.update(grads, state, params, phi)
+        updates, state = opt.update(grads, state, params, phi=phi)
         # optax.sgd: trace ← g + μ·trace, update = −η·trace; decay adds λθ to g first.
         trace = _flat(grads) + decay * _flat(params) + momentum * trace
         np.testing.assert_allclose(_flat(updates), -lr * trace, rtol=1e-12)
@@ -136,7 +136,7 @@ def test_sgd_update_equals_hand_written_momentum_and_weight_decay():
 def test_sgd_with_one_learned_value_keeps_the_others_fixed():
     opt = gc.sgd(0.2, 0.0, 0.0, learn=("learning_rate",))
     params, grads = _params(), _grads()
-    updates, _ = opt.update(grads, opt.init(params), params, jnp.array([1.2]))
+    updates, _ = opt.update(grads, opt.init(params), params, phi=jnp.array([1.2]))
     np.testing.assert_allclose(_flat(updates), -jax.nn.sigmoid(1.2) * _flat(grads), rtol=1e-12)
 
 
@@ -149,7 +149,7 @@ def test_adam_update_equals_hand_written_adam():
     for t, phi in enumerate(phis, start=1):
         lr, b1, b2 = opt.space.bounded(phi)
         grads = _grads(0.5 * t)
-        updates, state = opt.update(grads, state, params, phi)
+        updates, state = opt.update(grads, state, params, phi=phi)
         g = _flat(grads)
         mu = b1 * mu + (1 - b1) * g
         nu = b2 * nu + (1 - b2) * g**2
@@ -166,7 +166,7 @@ def _loss_after_steps(opt, phi, num_steps=4):
     state = opt.init(params)
     for _ in range(num_steps):
         grads = params - target + 0.1 * jnp.sin(3 * params)
-        updates, state = opt.update(grads, state, params, phi)
+        updates, state = opt.update(grads, state, params, phi=phi)
         params = optax.apply_updates(params, updates)
     return jnp.sum((params - jnp.array([0.8, -1.5, 0.0])) ** 2)
 

@@ -86,24 +86,35 @@ def test_same_key_same_history():
     config = gc.OuterConfig("glocal", total_steps=200, tau=40, sigma=30, m=4)
     first, second = (gc.run_outer(problem, config, key=jax.random.key(3), progress=False)
                      for _ in range(2))
-    for name in ("phi", "hypergradient", "train_loss", "val_loss", "test_accuracy"):
+    for name in ("phi", "hypergradient", "train_loss", "val_loss", "test_metric"):
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
     third = gc.run_outer(problem, config, key=jax.random.key(4), progress=False)
     assert not np.array_equal(first.train_loss, third.train_loss)
 
 
-def _exploding_problem():
+class _Exploding(gc.BilevelProblem):
     """θ grows tenfold per step: the training loss overflows float32 in the second window."""
-    space = gc.HyperSpace(("scale",), (0.0,), (1.0,))
 
-    def inner_step(state, phi, key):
-        theta = state.params * (10.0 + space.bounded(phi)[0])
+    space = gc.HyperSpace(("scale",), (0.0,), (1.0,))
+    phi0 = jnp.zeros(1)
+    metric_name = "val_loss"
+
+    def init(self, key):
+        return gc.InnerState(jnp.ones(2), ())
+
+    def step(self, state, phi, key):
+        theta = state.params * (10.0 + self.space.bounded(phi)[0])
         return gc.InnerState(theta, state.opt_state), jnp.sum(theta**2)
 
-    return gc.BilevelProblem(
-        space=space, phi0=jnp.zeros(1), init=lambda key: gc.InnerState(jnp.ones(2), ()),
-        step=inner_step, val_loss=lambda theta: jnp.sum(theta), evaluate=lambda theta: {},
-    )
+    def val_loss(self, params):
+        return jnp.sum(params)
+
+    def evaluate(self, params):
+        return {"val_loss": self.val_loss(params)}
+
+
+def _exploding_problem():
+    return _Exploding()
 
 
 def test_divergence_stops_cleanly_with_reason():
@@ -292,8 +303,8 @@ def test_stepping_window_by_window_is_run_outer(strategy):
     assert tuple(r.fallback_reason for r in records) == result.fallback_reason
     np.testing.assert_array_equal([r.trajectory for r in records], result.trajectories)
     assert [r.step for r in records if r.evaluated] == list(result.eval_step) == [120, 160]
-    np.testing.assert_array_equal([r.test_accuracy for r in records if r.evaluated],
-                                  result.test_accuracy)
+    np.testing.assert_array_equal([r.test_metric for r in records if r.evaluated],
+                                  result.test_metric)
 
 
 @pytest.mark.parametrize("reset", [True, False])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
-import glocal_core.plotting as gplt
+import glocal_core.repro.plotting as gplt
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,7 @@ def test_shared_legend_has_each_label_once_under_the_panels():
 
 
 def test_house_style_sizes_figures_for_the_book():
-    with plt.style.context("glocal_core.book"):
+    with plt.style.context("glocal_core.repro.book"):
         fig, axes = gplt.panel_grid(2)
         assert fig.dpi == 100
         assert fig.get_size_inches()[0] * fig.dpi <= 805  # the article column, in px

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
-import glocal_core.quality as gq
-import glocal_core.spectra as gs
+import glocal_core.repro.quality as gq
+import glocal_core.repro.spectra as gs
 from glocal_core._dmd import NO_EIGENVALUE, TOO_LARGE
-import glocal_core.experiments as ex
+import glocal_core.repro.experiments as ex
 
 
 def _result(strategy="global", *, target, local, estimate, fallback=None, reasons=None,

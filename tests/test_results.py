@@ -10,11 +10,11 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import glocal_core as gc
-import glocal_core.plotting as gplt
-import glocal_core.quality as gq
-import glocal_core.results as gr
-import glocal_core.tables as gt
-from glocal_core import experiments as ex
+import glocal_core.repro.plotting as gplt
+import glocal_core.repro.quality as gq
+import glocal_core.repro.results as gr
+import glocal_core.repro.tables as gt
+from glocal_core.repro import experiments as ex
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from glocal_core import _configs, _shard
-from glocal_core import experiments as ex
-from glocal_core.__main__ import main
+from glocal_core.repro import configs as _configs, shard as _shard
+from glocal_core.repro import experiments as ex
+from glocal_core.repro.cli import main
 
 pytest.importorskip("tensorflow_datasets")
 
@@ -16,9 +16,9 @@ pytest.importorskip("tensorflow_datasets")
 _PATCH = textwrap.dedent("""
     import dataclasses, sys
     import glocal_core as gc
-    from glocal_core import _configs
-    from glocal_core import experiments as ex
-    from glocal_core.__main__ import main
+    from glocal_core.repro import configs as _configs
+    from glocal_core.repro import experiments as ex
+    from glocal_core.repro.cli import main
 
     fig2 = _configs._fig2
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import glocal_core.widgets as gw
+import glocal_core.repro.widgets as gw
 from _browser import Chromium, browser_or_skip, screenshot_dir
 from glocal_core import hankel_dmd
 from glocal_core import mode_magnitudes
@@ -159,7 +159,7 @@ def test_explorer_switches_on_the_environment(monkeypatch, capsys):
 
 def test_import_glocal_core_skips_the_book_modules():
     code = ("import sys, glocal_core; print(sorted(m for m in ('matplotlib', 'ipywidgets', "
-            "'glocal_core.widgets', 'glocal_core.plotting') if m in sys.modules))")
+            "'glocal_core.repro.widgets', 'glocal_core.repro.plotting') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"

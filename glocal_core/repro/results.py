@@ -1,6 +1,6 @@
 """Results of the paper's experiments, from the cache to numbers: the one entry point.
 
-Import it as `import glocal_core.results as gr`. Every chapter and the results page get an
+Import it as `import glocal_core.repro.results as gr`. Every chapter and the results page get an
 experiment's results with `load(name, profile)`, which says whether they came from the
 cache or were computed now. Then:
 
@@ -11,8 +11,8 @@ cache or were computed now. Then:
   strategy's runs to a `Curve`, mean ± std over seeds;
 - `final` reduces them to a `Final`: the outcome the tables print.
 
-`glocal_core.quality` measures estimates against the global hypergradient,
-`glocal_core.tables` formats rows as tables and `glocal_core.plotting` draws figures.
+`glocal_core.repro.quality` measures estimates against the global hypergradient,
+`glocal_core.repro.tables` formats rows as tables and `glocal_core.repro.plotting` draws figures.
 Everything here post-processes finished runs: nothing trains, nothing is cached.
 
 Conventions, stated once:
@@ -36,12 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _estimators
+from .. import _estimators as _estimators
 from . import experiments as ex
-from ._bench import METHOD as BENCHMARK_METHOD
-from ._models import MetaMLP
-from ._outer import OuterResult
-from ._problems import meta_network
+from .bench import METHOD as BENCHMARK_METHOD
+from .._models import MetaMLP
+from .._outer import OuterResult
+from .._problems import meta_network
 from .experiments import DataSpec, Experiment
 
 DATASET_TITLES = {

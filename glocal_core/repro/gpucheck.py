@@ -17,7 +17,6 @@ accelerator, so each worker has all of its memory.
 """
 
 import dataclasses
-import gc
 import json
 import platform
 import subprocess
@@ -27,14 +26,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from ._bench import PAPER, BenchConfig, format_table, predicted_global_ratio
-from ._io import write_atomic
+from .bench import PAPER, BenchConfig, format_table, predicted_global_ratio
+from .._io import write_atomic
 
 FULL_EXPERIMENTS = ("fig2", "fig3", "table2", "fig4", "table3")
 BENCH_STEPS = 1_000
 _PACKAGES = ("jax", "jaxlib", "numpy", "equinox", "optax", "jaxtyping", "scikit-learn",
              "glocal_core")
-_WORKER = "import sys; from glocal_core._gpucheck import _worker; _worker(sys.argv[1])"
+_WORKER = "import sys; from glocal_core.repro.gpucheck import _worker; _worker(sys.argv[1])"
 
 
 def versions() -> dict[str, str | None]:
@@ -108,8 +107,7 @@ def dry_run_plan(experiments=FULL_EXPERIMENTS) -> list[dict]:
     """The problems (runs sharing compiled functions) of `experiments`, in turns: the first
     of each experiment, then the second, ... **Returns:** dicts with `experiment`, `problem`
     (1-based), `problems` (of that experiment), `first` (a run's label), `runs` (`RunSpec`s)."""
-    from . import _dryrun as dr
-
+    from . import dryrun as dr
     per_experiment = {name: dr.problem_groups(name) for name in experiments}
     plan = []
     for turn in range(max(map(len, per_experiment.values()), default=0)):
@@ -153,7 +151,7 @@ def _worker(args_path: str) -> None:
 
 
 def _bench_phase(args: dict, bench: BenchConfig, emit, say) -> None:
-    from ._bench import run_bench
+    from .bench import run_bench
 
     probe = None
     for attempt in ("probe", "bench"):
@@ -182,8 +180,7 @@ def _bench_phase(args: dict, bench: BenchConfig, emit, say) -> None:
 def _dry_run_phase(args: dict, emit, say) -> None:
     import jax
 
-    from . import _dryrun as dr
-
+    from . import dryrun as dr
     for stage in dry_run_plan(args["experiments"]):
         if time.time() >= args["deadline"]:
             break
@@ -198,9 +195,6 @@ def _dry_run_phase(args: dict, emit, say) -> None:
         except Exception as err:
             emit("error", stage=_describe(stage), error=f"{type(err).__name__}: {err}")
             continue
-        finally:
-            jax.clear_caches()
-            gc.collect()
         emit("dry_run", experiment=stage["experiment"], problem=stage["problem"],
              seconds=time.time() - start, rows=[r._asdict() for r in rows])
 

@@ -1,7 +1,7 @@
 """The book's tables: one `Table`, Markdown in the book and Jupyter, plain text in a terminal.
 
-Import it as `import glocal_core.tables as gt`. Each builder takes the numeric rows of
-`glocal_core.results` and `glocal_core.quality` and formats them; none computes a result.
+Import it as `import glocal_core.repro.tables as gt`. Each builder takes the numeric rows of
+`glocal_core.repro.results` and `glocal_core.repro.quality` and formats them; none computes a result.
 Pass each table the line that names the profile, data and settings that produced it
 (`results.provenance(experiment)`) as its `caption`: the chapters never show one without.
 """
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._outer import OuterResult
+from .._outer import OuterResult
 from .experiments import NUM_CLASSES, PAPER_TABLE2, PAPER_TABLE3, Experiment
 from .quality import QualitySummary
 from .spectra import DMDGridRow, SpectraRow

@@ -14,7 +14,7 @@ drawn as SVG by the package's `explorer.js`. That page needs no kernel and loads
 built book works offline, and it holds no ipywidgets state, so Jupyter Book adds no widget
 manager (which it would load from a CDN).
 
-This module imports matplotlib (through `glocal_core.plotting`); ipywidgets only when a live
+This module imports matplotlib (through `glocal_core.repro.plotting`); ipywidgets only when a live
 explorer is built. `import glocal_core` imports neither.
 """
 
@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._estimators import ESTIMATOR_DEFAULTS, Estimate, steady_state
-from ._static_explorer import describe, grid_json, static_explorer_html  # noqa: F401
+from .._estimators import ESTIMATOR_DEFAULTS, Estimate, steady_state
+from .static_explorer import describe, grid_json, static_explorer_html  # noqa: F401
 from .plotting import plot_eigenvalues, plot_hypergradients, plot_mode_decay
 
 STATIC_ENV = "GLOCAL_STATIC_WIDGETS"

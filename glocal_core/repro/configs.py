@@ -3,7 +3,7 @@
 An experiment (`fig2`, `fig3`, `table2`, `fig4`, `fidelity`) is a list of `RunSpec`s: one
 outer-loop run each, fully described by a frozen dataclass (data, model, inner optimizer,
 `OuterConfig`, seed), whose hash (`RunSpec.digest`) keys its cached result; `table3` is a
-benchmark (`BenchConfig`). `glocal_core.experiments` runs them and re-exports this module.
+benchmark (`BenchConfig`). `glocal_core.repro.experiments` runs them and re-exports this module.
 
 Profiles (`GLOCAL_PROFILE`):
 
@@ -45,10 +45,10 @@ import json
 import os
 from collections.abc import Callable
 
-from ._bench import PAPER as PAPER_BENCH
-from ._bench import PAPER_SECONDS, BenchConfig
-from ._estimators import DEFAULT_METHOD, EstimatorSettings
-from ._outer import OuterConfig
+from .bench import PAPER as PAPER_BENCH
+from .bench import PAPER_SECONDS, BenchConfig
+from .._estimators import DEFAULT_METHOD, EstimatorSettings
+from .._outer import OuterConfig
 
 PROFILES = ("smoke", "full")
 EXPERIMENTS = ("fig2", "fig3", "table2", "fig4", "table3", "fidelity")
@@ -199,6 +199,10 @@ class RunSpec:
             del fields["outer"]["cotangent_chunk"]
         if not fields["outer"]["eq14_diagnostics"]:
             del fields["outer"]["eq14_diagnostics"]
+        if fields["outer"]["outer_optimizer"] is not None:
+            raise ValueError("a run of the reproduction updates phi with Adam(outer_lr): "
+                             "leave outer_optimizer=None.")
+        del fields["outer"]["outer_optimizer"]
         text = json.dumps([CACHE_VERSION, fields], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -1,11 +1,11 @@
 """The DMD behind the estimates, measured: its spectra, the terms of Theorem 3.1, and the
 DMD configurations of Figure 4.
 
-Import it as `import glocal_core.spectra as gs`. `window_spectra` and `spectra_row` re-fit
+Import it as `import glocal_core.repro.spectra as gs`. `window_spectra` and `spectra_row` re-fit
 each window's DMD and report where the assumptions of Eq. 14 and Theorem 3.1 (an eigenvalue
 near one, a spectral radius of one) hold; `error_terms` and `pooled_terms` split the error
 of the estimate as the proof of Theorem 3.1 does (Eq. 16 and 17); `dmd_grid` reduces the
-`fig4` runs per (σ, m). Rows are NamedTuples of numbers, which `glocal_core.tables` formats.
+`fig4` runs per (σ, m). Rows are NamedTuples of numbers, which `glocal_core.repro.tables` formats.
 """
 
 from collections.abc import Mapping, Sequence
@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._dmd import NO_EIGENVALUE, forecast
-from ._outer import OuterResult
+from .._dmd import NO_EIGENVALUE, forecast
+from .._outer import OuterResult
 from .quality import refit
 from .results import final
 

@@ -1,6 +1,6 @@
 """The figures of the analysis chapter (7): estimates against h_T per window, the DMD's
 spectra, Theorem 3.1 term by term, the δ sweep, the DMD grid and the fidelity benchmark. Each
-draws what `glocal_core.quality`, `glocal_core.spectra` and `glocal_core.fidelity` computed.
+draws what `glocal_core.repro.quality`, `glocal_core.repro.spectra` and `glocal_core.repro.fidelity` computed.
 """
 
 from collections.abc import Mapping, Sequence
@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-from .. import _estimators
+from ... import _estimators as _estimators
 from .. import results as gr
 from .. import tables as gt
 from ..experiments import Experiment

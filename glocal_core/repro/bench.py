@@ -20,12 +20,12 @@ import time
 import jax
 import numpy as np
 
-from ._hypergrad import track_forward, track_reverse, warm_up, zero_tangents
-from ._hyperparams import sgd
-from ._models import MLP, LeNet, MetaMLP
-from ._estimators import EstimatorSettings
-from ._outer import STRATEGIES, OuterConfig, run_outer
-from ._problems import classification_problem, reweighting_problem
+from .._hypergrad import track_forward, track_reverse, warm_up, zero_tangents
+from .._hyperparams import sgd
+from .._models import MLP, LeNet, MetaMLP
+from .._estimators import EstimatorSettings
+from .._outer import STRATEGIES, OuterConfig, run_outer
+from .._problems import classification_problem, reweighting_problem
 
 # glocal's estimator in the benchmark: the paper's, since Table 3 times the DMD of Eq. 14. Its
 # report keys that run `glocal`; tables and figures title it `results.strategy_title(

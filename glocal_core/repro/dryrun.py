@@ -29,7 +29,6 @@ problem is built and compiled once per experiment.
 """
 
 import dataclasses
-import gc
 import resource
 import time
 from typing import NamedTuple
@@ -38,17 +37,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _hypergrad as hg
-from ._data import (NUM_CLASSES, Dataset, DatasetNotPreparedError, Splits, _split,
+from .. import _hypergrad as hg
+from .._data import (NUM_CLASSES, Dataset, DatasetNotPreparedError, Splits, _split,
                     load_dataset, to_device)
-from ._estimators import steady_state
-from ._configs import _SGD_ALL, PAPER_ESTIMATOR, _sgd_initial
-from ._idx import has_fashion_mnist_idx
-from ._outer import OuterConfig
-from ._unitcost import UnitCost as UnitCost
-from ._unitcost import compiled_bytes, flops, measure_unit
+from .._estimators import steady_state
+from .configs import _SGD_ALL, PAPER_ESTIMATOR, _sgd_initial
+from .._idx import has_fashion_mnist_idx
+from .._outer import OuterConfig
+from .unitcost import UnitCost as UnitCost
+from .unitcost import compiled_bytes, flops, measure_unit
 from . import experiments as ex
-
 # Image shape, training and test examples of each dataset as tensorflow-datasets has them.
 REAL_SHAPES = {
     "mnist": ((28, 28, 1), 60_000, 10_000),
@@ -366,8 +364,6 @@ def dry_run(name: str, *, steps: int = 2, data_dir=None, progress: bool = True,
                   flush=True)
         rows.update({r.label: r for r in _dry_run_problem(
             members, steps=steps, data_dir=data_dir, max_call_seconds=max_call_seconds)})
-        jax.clear_caches()  # as `run` does: each problem's executables are of no further use
-        gc.collect()
     return [rows[spec.label] for spec in specs]
 
 

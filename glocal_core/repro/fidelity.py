@@ -12,7 +12,7 @@ known exactly: noise-free transients, where an extrapolation should be exact and
 cannot be, and noisy ones, where averaging wins; `estimator_costs` times one estimate at a
 few hyperparameter counts q.
 
-Import it as `import glocal_core.fidelity as gf`.
+Import it as `import glocal_core.repro.fidelity as gf`.
 """
 
 import textwrap
@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._estimators import DEFAULT_METHOD, METHODS, steady_state, timed_steady_state
-from ._outer import OuterResult
+from .._estimators import DEFAULT_METHOD, METHODS, steady_state, timed_steady_state
+from .._outer import OuterResult
 from .experiments import Experiment, RunSpec
 from .quality import cosine_similarity, relative_error
 from .results import estimator_title

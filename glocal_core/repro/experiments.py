@@ -11,11 +11,10 @@ them, and
   the identical result;
 - an experiment interrupted halfway keeps every run it finished.
 
-`glocal_core.results.load` is how the chapters call `reproduce`.
+`glocal_core.repro.results.load` is how the chapters call `reproduce`.
 """
 
 import dataclasses
-import gc
 import hashlib
 import json
 import os
@@ -26,29 +25,29 @@ import jax.random as jr
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._bench import run_bench
-from ._configs import BENCH_VERSION as BENCH_VERSION
-from ._configs import CACHE_VERSION as CACHE_VERSION
-from ._configs import DESCRIPTIONS as DESCRIPTIONS
-from ._configs import EXPERIMENTS as EXPERIMENTS
-from ._configs import PAPER_FIG3 as PAPER_FIG3
-from ._configs import PAPER_TABLE2 as PAPER_TABLE2
-from ._configs import PAPER_ESTIMATOR as PAPER_ESTIMATOR
-from ._configs import PAPER_TABLE3 as PAPER_TABLE3
-from ._configs import PROFILES as PROFILES
-from ._configs import SMOKE_STEPS as SMOKE_STEPS
-from ._configs import DataSpec as DataSpec
-from ._configs import Experiment as Experiment
-from ._configs import RunSpec as RunSpec
-from ._configs import check_profile as check_profile
-from ._configs import experiment as experiment
-from ._configs import profile_from_env as profile_from_env
-from ._data import NUM_CLASSES, Splits, load_dataset, to_device
-from ._hyperparams import adam, sgd
-from ._io import load_pickle, save_pickle
-from ._models import MLP, LeNet, MetaMLP, SmallCNN, WideResNet
-from ._outer import OuterResult, run_outer
-from ._problems import BilevelProblem, classification_problem, reweighting_problem
+from .bench import run_bench
+from .configs import BENCH_VERSION as BENCH_VERSION
+from .configs import CACHE_VERSION as CACHE_VERSION
+from .configs import DESCRIPTIONS as DESCRIPTIONS
+from .configs import EXPERIMENTS as EXPERIMENTS
+from .configs import PAPER_FIG3 as PAPER_FIG3
+from .configs import PAPER_TABLE2 as PAPER_TABLE2
+from .configs import PAPER_ESTIMATOR as PAPER_ESTIMATOR
+from .configs import PAPER_TABLE3 as PAPER_TABLE3
+from .configs import PROFILES as PROFILES
+from .configs import SMOKE_STEPS as SMOKE_STEPS
+from .configs import DataSpec as DataSpec
+from .configs import Experiment as Experiment
+from .configs import RunSpec as RunSpec
+from .configs import check_profile as check_profile
+from .configs import experiment as experiment
+from .configs import profile_from_env as profile_from_env
+from .._data import NUM_CLASSES, Splits, load_dataset, to_device
+from .._hyperparams import adam, sgd
+from .._io import load_pickle, save_pickle
+from .._models import MLP, LeNet, MetaMLP, SmallCNN, WideResNet
+from .._outer import OuterResult, run_outer
+from .._problems import BilevelProblem, classification_problem, reweighting_problem
 
 
 def default_cache_dir() -> Path:
@@ -142,13 +141,6 @@ def run(
     save_pickle(path, {"spec": spec, "result": result,
                        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})"})
     checkpoint.unlink(missing_ok=True)
-    # A problem is a static argument of the jitted steps, so JAX's caches keep it, its data
-    # on the device and its executables alive after the run: about 650 MB per smoke run,
-    # which ran `reproduce all` (43 runs) out of 24 GiB. Nothing compiled for one problem
-    # serves the next, so the caches are emptied.
-    del problem
-    jax.clear_caches()
-    gc.collect()
     return result
 
 

@@ -1,7 +1,7 @@
 """The figures of the reproduction chapters (4-6), one function per figure: each takes the
 grouped runs of `results.group_runs` and the profile, lays out one panel per dataset with
 `panel_grid`, and returns the figure with one legend and a title naming the profile. The
-numbers they draw come from `glocal_core.results` and `glocal_core.quality`.
+numbers they draw come from `glocal_core.repro.results` and `glocal_core.repro.quality`.
 """
 
 import textwrap
@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from .. import quality as gq
 from .. import results as gr
 from .. import tables as gt
-from .._data import NUM_CLASSES
-from .._outer import OuterResult
+from ..._data import NUM_CLASSES
+from ..._outer import OuterResult
 from ..experiments import PAPER_TABLE2, PAPER_TABLE3
 from ._base import (
     BOOK_WIDTH,

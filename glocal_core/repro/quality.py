@@ -1,6 +1,6 @@
 """How close the local and glocal hypergradients come to the global one, measured.
 
-Import it as `import glocal_core.quality as gq`. The paper bounds the error of the glocal
+Import it as `import glocal_core.repro.quality as gq`. The paper bounds the error of the glocal
 estimate (Theorem 3.1) but never measures it. A `global` run records, per outer step, the
 local hypergradient `h_τ`, the estimate `ĥ∞` of the same window and the true global
 hypergradient `h_T` of a playout to step T (`OuterResult.hypergradient`), so:
@@ -11,11 +11,11 @@ hypergradient `h_T` of a playout to step T (`OuterResult.hypergradient`), so:
 - `refit`, `estimate_quality(..., sigma=, m=, delta=)` and `delta_sweep` re-fit the DMD to
   the kept trajectories with other settings.
 
-`glocal_core.spectra` looks at the DMD itself (its spectra, Theorem 3.1 term by term, the
+`glocal_core.repro.spectra` looks at the DMD itself (its spectra, Theorem 3.1 term by term, the
 configurations of Figure 4).
 
 Everything here reads finished `OuterResult`s and never trains; rows are NamedTuples of
-numbers, which `glocal_core.tables` formats.
+numbers, which `glocal_core.repro.tables` formats.
 """
 
 from collections.abc import Sequence
@@ -25,9 +25,9 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ._dmd import NO_EIGENVALUE
-from ._estimators import Estimate, steady_state
-from ._outer import OuterResult
+from .._dmd import NO_EIGENVALUE
+from .._estimators import Estimate, steady_state
+from .._outer import OuterResult
 from .results import Curve, over_seeds
 
 # --- scores ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Every figure of the book: one colour per strategy, DMD spectra and modes, runs, estimates.
 
-Import it as `import glocal_core.plotting as gplt`; `import glocal_core` does not import it,
+Import it as `import glocal_core.repro.plotting as gplt`; `import glocal_core` does not import it,
 so the library itself needs no matplotlib. Every helper draws on an `Axes` it is given and
 returns it, leaving titles (which name the profile, see `caption`) to the caller:
 
@@ -15,7 +15,7 @@ they are the part of the DMD that the glocal estimate keeps (Eq. 14).
 
 Figures are sized for the book's text width (`BOOK_WIDTH`): `panel_grid` lays out any number
 of panels at most two per row, and `shared_legend` puts one legend under them. The chapters
-use the house style `plt.style.use("glocal_core.book")` (`book.mplstyle`): 10 pt ticks, which
+use the house style `plt.style.use("glocal_core.repro.book")` (`book.mplstyle`): 10 pt ticks, which
 read at 8 pt or more wherever the browser scales a figure to at least 80% (the built-book
 browser test checks that every figure is shown at that scale or larger).
 """

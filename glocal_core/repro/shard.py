@@ -11,8 +11,6 @@ nothing.
 import os
 
 from . import experiments as ex
-
-
 def parse_shard(text: str) -> tuple[int, int]:
     """`"K/N"` → `(K, N)`, with 0 ≤ K < N; anything else is a `ValueError` saying why."""
     parts = text.split("/")

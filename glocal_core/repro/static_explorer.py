@@ -1,4 +1,4 @@
-"""The static τ/σ/m explorer of `glocal_core.widgets`: an explorer grid as a self-contained
+"""The static τ/σ/m explorer of `glocal_core.repro.widgets`: an explorer grid as a self-contained
 HTML fragment (sliders, an SVG, embedded JSON and the package file `explorer.js`), for the
 built book, where no kernel runs.
 """
@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from ._dmd import mode_magnitudes
+from .._dmd import mode_magnitudes
 from .plotting import OTHER_MODES_COLOR, STRATEGY_COLORS
 
 
