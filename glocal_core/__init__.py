@@ -1,17 +1,11 @@
 """glocal_core: glocal hypergradient estimation with the Koopman operator, in JAX."""
 
-from ._data import DATASET_NAMES as DATASET_NAMES
 from ._data import Dataset as Dataset
 from ._data import DatasetNotPreparedError as DatasetNotPreparedError
 from ._data import Splits as Splits
 from ._data import imbalanced_counts as imbalanced_counts
 from ._data import load_dataset as load_dataset
-from ._data import load_digits as load_digits
-from ._data import load_fashion_mnist as load_fashion_mnist
-from ._data import load_tfds as load_tfds
 from ._data import make_imbalanced as make_imbalanced
-from ._data import prepare_tfds as prepare_tfds
-from ._data import sample_batch as sample_batch
 from ._data import to_device as to_device
 from ._dmd import DMDFit as DMDFit
 from ._dmd import forecast as forecast
@@ -29,7 +23,6 @@ from ._estimators import METHODS as METHODS
 from ._estimators import Estimate as Estimate
 from ._estimators import glocal_estimate as glocal_estimate
 from ._estimators import steady_state as steady_state
-from ._hypergrad import Window as Window
 from ._hypergrad import playout as playout
 from ._hypergrad import track_forward as track_forward
 from ._hypergrad import track_reverse as track_reverse
@@ -42,8 +35,6 @@ from ._hyperparams import HyperSpace as HyperSpace
 from ._hyperparams import adam as adam
 from ._hyperparams import sgd as sgd
 from ._idx import CorruptDatasetError as CorruptDatasetError
-from ._idx import has_fashion_mnist_idx as has_fashion_mnist_idx
-from ._idx import read_idx as read_idx
 from ._models import LeNet as LeNet
 from ._models import MetaMLP as MetaMLP
 from ._models import MLP as MLP
@@ -55,8 +46,6 @@ from ._outer import OuterResult as OuterResult
 from ._outer import STRATEGIES as STRATEGIES
 from ._outer import run_outer as run_outer
 from ._outer_step import Diverged as Diverged
-from ._outer_step import OuterState as OuterState
-from ._outer_step import WindowRecord as WindowRecord
 from ._outer_step import init as outer_init
 from ._outer_step import step as outer_step
 from ._problems import BilevelProblem as BilevelProblem

@@ -93,10 +93,61 @@ def host_loop() -> bool:
     return jax.default_backend() == "cpu"
 
 
-_step = eqx.filter_jit(_tangent_step)
-_record = eqx.filter_jit(_hypergradient)
+def _forward(problem: BilevelProblem, carry, phi, key):
+    """One tracked step of a window: carry (x, Z) → (x', Z'), and the minibatch loss."""
+    state, tangents, loss = _tangent_step(problem, *carry, phi, key)
+    return (state, tangents), loss
+
+
+def _forward_row(problem: BilevelProblem, carry) -> Float[Array, " q"]:
+    return _hypergradient(problem, carry[0].params, carry[1])
+
+
+# The jitted units a window runs: the host loop calls them one by one, the scan inlines them.
+_forward_step = eqx.filter_jit(_forward)
+_record = eqx.filter_jit(_forward_row)
 _plain_step = eqx.filter_jit(lambda problem, state, phi, key: problem.step(state, phi, key))
 _val_loss = eqx.filter_jit(lambda problem, params: problem.val_loss(params))
+
+
+def _steps(advance, record, problem, carry, phi, key, *, num_steps: int, num_recorded: int):
+    """The one window loop: `num_steps` steps `advance(problem, carry, phi, k) -> (carry,
+    loss)` on the window's keys, with `record(problem, carry) -> (q,)` after each of the last
+    `num_recorded`. A host loop over the jitted units on the CPU, one `lax.scan` elsewhere
+    (the module's docstring says why); both give the same numbers.
+
+    **Returns:** `(carry, rows (num_recorded, q), losses (num_steps,))`.
+    """
+    if not host_loop():
+        return _scan_steps(advance, record, problem, carry, phi, key, num_steps=num_steps,
+                           num_recorded=num_recorded)
+    losses, rows = [], []
+    for i, k in enumerate(jax.random.split(key, num_steps)):
+        carry, loss = advance(problem, carry, phi, k)
+        losses.append(loss)
+        if i >= num_steps - num_recorded:
+            rows.append(record(problem, carry))
+    rows = jnp.stack(rows) if rows else jnp.zeros((0, phi.shape[0]), phi.dtype)
+    return carry, rows, jnp.stack(losses)
+
+
+@eqx.filter_jit
+def _scan_steps(advance, record, problem, carry, phi, key, *, num_steps, num_recorded):
+    keys = jax.random.split(key, num_steps)
+    skip = num_steps - num_recorded
+
+    def plain(carry, k):
+        return advance(problem, carry, phi, k)
+
+    def recorded(carry, k):
+        carry, loss = plain(carry, k)
+        return carry, (loss, record(problem, carry))
+
+    carry, losses = jax.lax.scan(plain, carry, keys[:skip])
+    if not num_recorded:
+        return carry, jnp.zeros((0, phi.shape[0]), phi.dtype), losses
+    carry, (tail, rows) = jax.lax.scan(recorded, carry, keys[skip:])
+    return carry, rows.reshape(num_recorded, phi.shape[0]), jnp.concatenate([losses, tail])
 
 
 def _check_window(num_steps: int, num_recorded: int) -> None:
@@ -124,37 +175,10 @@ def track_forward(
     Pass `zero_tangents(state, q)` to start a window as Eq. (12) does.
     """
     _check_window(num_steps, num_recorded)
-    if not host_loop():
-        return _track_forward_scan(problem, state, tangents, phi, key, num_steps=num_steps,
-                                   num_recorded=num_recorded)
-    losses, hs = [], []
-    for i, k in enumerate(jax.random.split(key, num_steps)):
-        state, tangents, loss = _step(problem, state, tangents, phi, k)
-        losses.append(loss)
-        if i >= num_steps - num_recorded:
-            hs.append(_record(problem, state.params, tangents))
-    hs = jnp.stack(hs) if hs else jnp.zeros((0, phi.shape[0]), phi.dtype)
-    return Window(state, tangents, hs, jnp.stack(losses))
-
-
-@eqx.filter_jit
-def _track_forward_scan(problem, state, tangents, phi, key, *, num_steps, num_recorded):
-    keys = jax.random.split(key, num_steps)
-
-    def advance(carry, k):
-        state, tangents = carry
-        state, tangents, loss = _tangent_step(problem, state, tangents, phi, k)
-        return (state, tangents), loss
-
-    def advance_and_record(carry, k):
-        (state, tangents), loss = advance(carry, k)
-        return (state, tangents), (loss, _hypergradient(problem, state.params, tangents))
-
-    skip = num_steps - num_recorded
-    carry, losses_a = jax.lax.scan(advance, (state, tangents), keys[:skip])
-    (state, tangents), (losses_b, hs) = jax.lax.scan(advance_and_record, carry, keys[skip:])
-    hs = hs.reshape(num_recorded, phi.shape[0])
-    return Window(state, tangents, hs, jnp.concatenate([losses_a, losses_b]))
+    (state, tangents), hs, losses = _steps(_forward_step, _record, problem, (state, tangents),
+                                           phi, key, num_steps=num_steps,
+                                           num_recorded=num_recorded)
+    return Window(state, tangents, hs, losses)
 
 
 def track_reverse(
@@ -280,22 +304,9 @@ def train_window(
 ) -> Window:
     """τ plain inner steps, no hypergradient: the `none` strategy and the cost baseline."""
     _check_window(num_steps, 0)
-    if not host_loop():
-        return _train_scan(problem, state, phi, key, num_steps=num_steps)
-    losses = []
-    for k in jax.random.split(key, num_steps):
-        state, loss = _plain_step(problem, state, phi, k)
-        losses.append(loss)
-    return Window(state, None, jnp.zeros((0, phi.shape[0]), phi.dtype), jnp.stack(losses))
-
-
-@eqx.filter_jit
-def _train_scan(problem, state, phi, key, *, num_steps):
-    def advance(state, k):
-        return problem.step(state, phi, k)
-
-    state, losses = jax.lax.scan(advance, state, jax.random.split(key, num_steps))
-    return Window(state, None, jnp.zeros((0, phi.shape[0]), phi.dtype), losses)
+    state, hs, losses = _steps(_plain_step, None, problem, state, phi, key, num_steps=num_steps,
+                               num_recorded=0)
+    return Window(state, None, hs, losses)
 
 
 def playout(
@@ -313,9 +324,10 @@ def playout(
     """
     if not host_loop():
         return _playout_loop(problem, state, tangents, phi, key, jnp.int32(num_steps))
+    carry = (state, tangents)
     for i in range(int(num_steps)):
-        state, tangents, _ = _step(problem, state, tangents, phi, jax.random.fold_in(key, i))
-    return _record(problem, state.params, tangents), _val_loss(problem, state.params)
+        carry, _ = _forward_step(problem, carry, phi, jax.random.fold_in(key, i))
+    return _record(problem, carry), _val_loss(problem, carry[0].params)
 
 
 @eqx.filter_jit
@@ -329,69 +341,3 @@ def _playout_loop(problem, state, tangents, phi, key, num_steps):
 
     state, tangents = jax.lax.fori_loop(0, num_steps, body, (state, tangents))
     return _hypergradient(problem, state.params, tangents), problem.val_loss(state.params)
-
-
-def warm_up(
-    problem: BilevelProblem,
-    state: InnerState,
-    phi: Float[Array, " q"],
-    key: PRNGKeyArray,
-    *,
-    num_steps: int,
-    num_recorded: int,
-    mode: str | None,
-    playouts: bool = False,
-    cotangent_chunk: int | None = None,
-) -> None:
-    """Compile what a window (and a playout) will run, so that timings exclude compilation.
-
-    `mode` is `"forward"`, `"reverse"` or `None` (untracked). Scans are compiled ahead of
-    time; on the host-loop path one step of each jitted function runs and is discarded, and
-    so do the small operations around the steps at the window's shapes (`_warm_host_loop`).
-    `cotangent_chunk` is reverse mode's, as for `track_reverse`.
-    """
-    if mode == "reverse":
-        if not host_loop():
-            _track_reverse_scan.lower(problem, state, phi, key, num_steps=num_steps,
-                                      num_recorded=num_recorded,
-                                      cotangent_chunk=cotangent_chunk).compile()
-            return
-        stepped, loss = jax.block_until_ready(_plain_step(problem, state, phi, key))
-        row = _val_cotangent(problem, stepped)
-        batch = jax.tree.map(lambda a: jnp.zeros((num_recorded, *a.shape), a.dtype), row)
-        jax.block_until_ready(_pull_back(problem, state, phi, key, _add_row(batch, row, 0),
-                                         chunk=cotangent_chunk))
-        _warm_host_loop(key, loss, jnp.zeros_like(phi), num_steps, num_recorded)
-        return
-    tangents = zero_tangents(state, phi.shape[0])
-    if not host_loop():
-        if mode is None:
-            _train_scan.lower(problem, state, phi, key, num_steps=num_steps).compile()
-        else:
-            _track_forward_scan.lower(problem, state, tangents, phi, key, num_steps=num_steps,
-                                      num_recorded=num_recorded).compile()
-        if playouts:
-            _playout_loop.lower(problem, state, tangents, phi, key, jnp.int32(0)).compile()
-    elif mode is None:
-        window = jax.block_until_ready(train_window(problem, state, phi, key, num_steps=1))
-        _warm_host_loop(key, window.train_losses[0], jnp.zeros_like(phi), num_steps, 0)
-    else:
-        window = jax.block_until_ready(track_forward(problem, state, tangents, phi, key,
-                                                     num_steps=1,
-                                                     num_recorded=min(num_recorded, 1)))
-        row = window.hypergradients[0] if num_recorded else jnp.zeros_like(phi)
-        _warm_host_loop(key, window.train_losses[0], row, num_steps, num_recorded)
-        if playouts:
-            jax.block_until_ready(playout(problem, state, tangents, phi, key, 0))
-
-
-def _warm_host_loop(key, loss, row, num_steps: int, num_recorded: int) -> None:
-    """The operations a host-loop window runs around its steps, at its shapes: each compiles
-    once per shape, which would otherwise land in the first window's time (measured: 0.75 s
-    of a 1.1 s `none` benchmark on the CPU). They are the τ keys (split, iterated, indexed),
-    the stacks of τ losses and of σ rows, and reverse mode's sum of σ rows."""
-    keys = jax.random.split(key, num_steps)
-    jax.block_until_ready((list(keys), keys[num_steps - 1], jnp.stack([loss] * num_steps)))
-    if num_recorded:
-        rows = jnp.stack([row] * num_recorded)
-        jax.block_until_ready(rows + rows)

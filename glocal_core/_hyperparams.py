@@ -213,6 +213,16 @@ def _float_arguments(factory) -> dict[str, Any]:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def _float_names(factory) -> list[str]:
+    """The arguments of `factory` that take a float: a float default or a numeric annotation."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if isinstance(p.default, float) or (
+        p.annotation is not bool and any(s in str(p.annotation) for s in ("float", "Array")))]
+
+
 def learnable(
     factory: Callable[..., optax.GradientTransformation],
     *,
@@ -247,7 +257,7 @@ def learnable(
         raise ValueError("learn={}: name at least one hyperparameter, e.g. "
                          "learn={'learning_rate': Bound(1e-4, 1.0, 'log')}.")
     arguments = _float_arguments(factory)
-    floats = sorted(k for k, v in arguments.items() if isinstance(v, float))
+    floats = _float_names(factory)
     unknown = [n for n in [*learn, *values] if arguments and n not in arguments]
     if unknown:
         raise ValueError(f"{getattr(factory, '__name__', factory)} takes no {unknown}; its "

@@ -24,10 +24,10 @@ from ._hypergrad import (
     track_forward,
     track_reverse,
     train_window,
-    warm_up,
     zero_tangents,
 )
 from ._problems import BilevelProblem, InnerState
+from ._warmup import warm_up
 
 STRATEGIES = ("none", "local", "global", "glocal")
 
@@ -38,7 +38,7 @@ class OuterConfig:
 
     **Fields:**
 
-    - `strategy`: one of `none`, `local`, `global`, `glocal`.
+    - `strategy`: one of `STRATEGIES`: `none`, `local`, `global`, `glocal`.
     - `total_steps`: T, inner steps in all.
     - `tau`: τ, inner steps per outer step (window).
     - `sigma`: σ, hypergradients of each window given to the DMD (the last σ).
@@ -66,7 +66,7 @@ class OuterConfig:
       `OuterResult.trajectories`, to re-fit the DMD afterwards with other settings.
     - `cotangent_chunk`: cotangents pulled back at once in reverse mode (`None`: all σ). The
       hypergradients are the same; a pull-back holds one chunk's activations instead of σ's
-      (table2's WideResNet at `full`: see `_configs`). Not part of a run's cache key when
+      (table2's WideResNet at `full`: see `glocal_core.repro.configs`). Not part of a run's cache key when
       `None`.
     """
 

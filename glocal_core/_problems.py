@@ -184,7 +184,8 @@ def loss_problem(
     - `optimizer`: a `HyperOptimizer` (`learnable`, `sgd`, `adam`).
     - `test`, `metric`: a test set and `metric(params, batch) -> scalar` (a mean over the
       batch), recorded under `metric_name` (default: the function's name) at every
-      evaluation of the outer loop. Give both or neither.
+      evaluation of the outer loop. Give both or neither; without them the outer loop
+      records ℓ̃ as `val_loss`.
     - `batch_size`: training minibatch size.
     - `val_chunk`, `eval_chunk`: examples per pass of ℓ̃ and of `metric` (`None`: all).
 
@@ -210,7 +211,9 @@ def loss_problem(
                          "test at every evaluation) or neither.")
     if test is not None:
         _num_examples(test, "test")
-    if metric_name is None:
+    if metric is None:
+        metric_name = "val_loss"  # what evaluate reports without a test metric
+    elif metric_name is None:
         name = getattr(metric, "__name__", "")
         metric_name = name if name.isidentifier() else "test_metric"
     batch = sample_examples(train, jax.random.key(0), min(batch_size, 2))

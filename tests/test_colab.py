@@ -134,7 +134,7 @@ def test_the_colab_install_works_in_a_fresh_environment(tmp_path):
                     f"glocal_core @ {checkout.as_uri()}"], check=True, cwd=tmp_path)
     script = ("from glocal_core.repro.colab import colab_setup; "
               f"print(colab_setup({str(tmp_path / 'fm')!r}, base_url={source.as_uri()!r})); "
-              "import glocal_core as gc; print(gc.load_fashion_mnist().train.images.shape)")
+              "from glocal_core._data import load_fashion_mnist; print(load_fashion_mnist().train.images.shape)")
     env = {k: v for k, v in os.environ.items() if k != "GLOCAL_FASHION_MNIST_DIR"}
     out = subprocess.run([python, "-c", script], check=True, capture_output=True, text=True,
                          cwd=tmp_path, env=env).stdout

@@ -8,6 +8,7 @@ import jax
 import pytest
 
 import glocal_core as gc
+from glocal_core._idx import has_fashion_mnist_idx
 from glocal_core.repro import doctor as _doctor, dryrun as _dryrun
 from glocal_core.repro import experiments as ex
 
@@ -21,7 +22,7 @@ def test_doctor_reports_this_machine(tmp_path):
     if jax.default_backend() == "cpu":
         assert "no GPU: CPU backend" in out or "JAX uses the CPU" in out
     assert "precision: float32" in out
-    if gc.has_fashion_mnist_idx():
+    if has_fashion_mnist_idx():
         assert "fashion_mnist: Debian files" in out
     elif os.environ.get("GLOCAL_REQUIRE_DATA") == "1":
         pytest.fail("GLOCAL_REQUIRE_DATA=1 but Fashion-MNIST's IDX files are missing")

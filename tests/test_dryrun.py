@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
+from glocal_core._idx import has_fashion_mnist_idx
 from glocal_core.repro import dryrun as dr
 from glocal_core.repro import unitcost as _unitcost
 from glocal_core.repro import experiments as ex
@@ -52,7 +53,7 @@ def test_dry_run_of_every_full_experiment_on_the_cpu(name, full_dry_run):
         if row.complete:
             assert row.seconds_per_step > 0
         fmnist = row.label.startswith("fashion_mnist")
-        expected = "Debian files" if fmnist and gc.has_fashion_mnist_idx() else "mock, real shapes"
+        expected = "Debian files" if fmnist and has_fashion_mnist_idx() else "mock, real shapes"
         assert row.data == expected
     assert not any(tmp_path.iterdir()), "a dry run cached something"
     assert "| run | data | s/step |" in dr.format_dry_runs(rows)

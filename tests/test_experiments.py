@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
+from glocal_core._data import DATASET_NAMES
+from glocal_core._idx import has_fashion_mnist_idx
 from glocal_core.repro import configs as _configs
 from glocal_core.repro.bench import BenchConfig
 from glocal_core.repro import experiments as ex
@@ -89,7 +91,7 @@ def test_every_experiment_is_well_formed(name, profile):
                                                                              (100, 1000)}
             assert all(s.outer.total_steps >= 2000 for s in exp.runs)
     else:
-        assert seeds == {0, 1, 2} and names <= set(gc.DATASET_NAMES) - {"digits"}
+        assert seeds == {0, 1, 2} and names <= set(DATASET_NAMES) - {"digits"}
         assert all(spec.outer.total_steps == 10_000 and spec.outer.tau == 100
                    for spec in exp.runs)
 
@@ -236,7 +238,7 @@ def test_mode_comparison_times_both_modes_on_the_385_parameter_problem():
     assert report["forward/reverse"] == report["seconds"]["forward"] / report["seconds"]["reverse"]
 
 
-@pytest.mark.skipif(not gc.has_fashion_mnist_idx(), reason="needs dataset-fashion-mnist")
+@pytest.mark.skipif(not has_fashion_mnist_idx(), reason="needs dataset-fashion-mnist")
 def test_smoke_fig2_trains_the_mlp_on_real_fashion_mnist():
     spec = next(s for s in ex.experiment("fig2", "smoke").runs if s.outer.strategy == "glocal")
     problem = ex.build_problem(spec)

@@ -6,6 +6,7 @@ import pytest
 
 import glocal_core as gc
 from glocal_core import _hypergrad as hg
+from glocal_core._warmup import warm_up
 
 
 @pytest.fixture(autouse=True)
@@ -257,7 +258,7 @@ def test_a_window_after_warm_up_compiles_nothing(mode):
     problem = _mlp_problem(OPTIMIZERS["sgd"]())
     phi, key = problem.phi0, jax.random.key(7)
     state = problem.init(key)
-    hg.warm_up(problem, state, phi, key, num_steps=6, num_recorded=4, mode=mode)
+    warm_up(problem, state, phi, key, num_steps=6, num_recorded=4, mode=mode)
     compiles = []
 
     def listen(name, seconds, **kwargs):

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import glocal_core as gc
+from glocal_core._data import sample_batch
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -168,7 +169,7 @@ def test_classification_step_uses_the_keys_minibatch():
     step = eqx.filter_jit(problem.step)
     key = jax.random.key(3)
     new, loss = step(state, problem.phi0, key)
-    xb, yb = gc.sample_batch(x, y, key, 8)
+    xb, yb = sample_batch(x, y, key, 8)
     np.testing.assert_allclose(loss, _mean_cross_entropy(model, state.params, xb, yb),
                                rtol=1e-12)
     assert not np.allclose(new.params.head.weight, state.params.head.weight)
@@ -271,7 +272,7 @@ def test_reweighting_step_is_sgd_on_the_weighted_loss():
     problem, model, meta, (x, y), _ = _reweighting()
     state = problem.init(None)
     key = jax.random.key(2)
-    xb, yb = gc.sample_batch(x, y, key, 8)
+    xb, yb = sample_batch(x, y, key, 8)
     _, static = eqx.partition(model, eqx.is_inexact_array)
 
     def per_example(params):

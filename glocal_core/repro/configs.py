@@ -47,8 +47,7 @@ from collections.abc import Callable
 
 from .bench import PAPER as PAPER_BENCH
 from .bench import PAPER_SECONDS, BenchConfig
-from .._estimators import DEFAULT_METHOD, EstimatorSettings
-from .._outer import OuterConfig
+from .. import DEFAULT_METHOD, EstimatorSettings, OuterConfig
 
 PROFILES = ("smoke", "full")
 EXPERIMENTS = ("fig2", "fig3", "table2", "fig4", "table3", "fidelity")

@@ -38,12 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _hypergrad as hg
-from .._data import (NUM_CLASSES, Dataset, DatasetNotPreparedError, Splits, _split,
-                    load_dataset, to_device)
-from .._estimators import steady_state
+from .. import (Dataset, DatasetNotPreparedError, OuterConfig, Splits, has_fashion_mnist_idx,
+               load_dataset, steady_state, to_device)
+from .._data import NUM_CLASSES, _split
 from .configs import _SGD_ALL, PAPER_ESTIMATOR, _sgd_initial
-from .._idx import has_fashion_mnist_idx
-from .._outer import OuterConfig
 from .unitcost import UnitCost as UnitCost
 from .unitcost import compiled_bytes, flops, measure_unit
 from . import experiments as ex
@@ -170,8 +168,8 @@ def _unit_functions(problem, state, phi, key, config: OuterConfig) -> dict:
             hg._pull_back, (problem, state, phi, key, batch, chunk))
         return units
     tangents = hg.zero_tangents(state, phi.shape[0])
-    units["step"] = (hg._step, (problem, state, tangents, phi, key))
-    units["record"] = (hg._record, (problem, state.params, tangents))
+    units["step"] = (hg._forward_step, (problem, (state, tangents), phi, key))
+    units["record"] = (hg._record, (problem, (state, tangents)))
     return units
 
 
@@ -181,15 +179,17 @@ def window_scan_bytes(problem, state, phi, key, config: OuterConfig) -> int | No
     and σ cotangents at once, which the per-step functions do not show."""
     size = dict(num_steps=config.tau)
     if config.strategy == "none":
-        lowered = hg._train_scan.lower(problem, state, phi, key, **size)
+        lowered = hg._scan_steps.lower(hg._plain_step, None, problem, state, phi, key, **size,
+                                       num_recorded=0)
     elif config.mode == "reverse":
         lowered = hg._track_reverse_scan.lower(problem, state, phi, key, **size,
                                                num_recorded=config.num_recorded,
                                                cotangent_chunk=config.cotangent_chunk)
     else:
         tangents = hg.zero_tangents(state, phi.shape[0])
-        lowered = hg._track_forward_scan.lower(problem, state, tangents, phi, key, **size,
-                                               num_recorded=config.num_recorded)
+        lowered = hg._scan_steps.lower(hg._forward_step, hg._record, problem,
+                                       (state, tangents), phi, key, **size,
+                                       num_recorded=config.num_recorded)
     return compiled_bytes(lowered.compile())
 
 

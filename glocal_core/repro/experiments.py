@@ -42,12 +42,25 @@ from .configs import RunSpec as RunSpec
 from .configs import check_profile as check_profile
 from .configs import experiment as experiment
 from .configs import profile_from_env as profile_from_env
-from .._data import NUM_CLASSES, Splits, load_dataset, to_device
-from .._hyperparams import adam, sgd
+from .. import (
+    MLP,
+    BilevelProblem,
+    LeNet,
+    MetaMLP,
+    OuterResult,
+    SmallCNN,
+    Splits,
+    WideResNet,
+    adam,
+    classification_problem,
+    load_dataset,
+    reweighting_problem,
+    run_outer,
+    sgd,
+    to_device,
+)
+from .._data import NUM_CLASSES
 from .._io import load_pickle, save_pickle
-from .._models import MLP, LeNet, MetaMLP, SmallCNN, WideResNet
-from .._outer import OuterResult, run_outer
-from .._problems import BilevelProblem, classification_problem, reweighting_problem
 
 
 def default_cache_dir() -> Path:

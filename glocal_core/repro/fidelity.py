@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._estimators import DEFAULT_METHOD, METHODS, steady_state, timed_steady_state
-from .._outer import OuterResult
+from .. import DEFAULT_METHOD, METHODS, OuterResult, steady_state
+from .._estimators import timed_steady_state
 from .experiments import Experiment, RunSpec
 from .quality import cosine_similarity, relative_error
 from .results import estimator_title

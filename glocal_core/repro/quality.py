@@ -26,8 +26,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._dmd import NO_EIGENVALUE
-from .._estimators import Estimate, steady_state
-from .._outer import OuterResult
+from .. import Estimate, OuterResult, steady_state
 from .results import Curve, over_seeds
 
 # --- scores ---------------------------------------------------------------------------------
@@ -48,17 +47,22 @@ def cosine_similarity(a, b) -> np.ndarray:
         return np.where(norms > 0, np.sum(a * b, axis=-1) / norms, np.nan)
 
 
-def relative_error(value, target) -> np.ndarray:
-    """Row-wise `‖value − target‖ / ‖target‖` over the last axis; NaN where `target` is zero.
+def relative_error(value, target, *, reference=None) -> np.ndarray:
+    """Row-wise `‖value − target‖ / ‖reference‖` over the last axis; NaN where `reference`
+    is zero. `reference` defaults to `target`; Theorem 3.1 measures the distance between two
+    estimates relative to `h_T` (`spectra.error_terms`).
 
     ```python
     >>> relative_error([[1.0, 0.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 3.0]])
     array([0.5, 1. ])
+    >>> relative_error([1.0, 0.0], [2.0, 0.0], reference=[0.0, 4.0])
+    array(0.25)
 
     ```
     """
     value, target = np.asarray(value, dtype=np.float64), np.asarray(target, dtype=np.float64)
-    norm = np.linalg.norm(target, axis=-1)
+    reference = target if reference is None else np.asarray(reference, dtype=np.float64)
+    norm = np.linalg.norm(reference, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(norm > 0, np.linalg.norm(value - target, axis=-1) / norm, np.nan)
 

@@ -39,9 +39,7 @@ import numpy as np
 from .. import _estimators as _estimators
 from . import experiments as ex
 from .bench import METHOD as BENCHMARK_METHOD
-from .._models import MetaMLP
-from .._outer import OuterResult
-from .._problems import meta_network
+from .. import MetaMLP, OuterResult, meta_network
 from .experiments import DataSpec, Experiment
 
 DATASET_TITLES = {

@@ -13,9 +13,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._dmd import NO_EIGENVALUE, forecast
-from .._outer import OuterResult
-from .quality import refit
+from .. import OuterResult, forecast
+from .._dmd import NO_EIGENVALUE
+from .quality import refit, relative_error
 from .results import final
 
 
@@ -95,10 +95,8 @@ def error_terms(result: OuterResult, *, delta: float | None = None) -> ErrorTerm
     target = np.asarray(result.hypergradient, dtype=np.float64)
     horizon = c.total_steps - np.asarray(result.step)
     ahead = np.array([forecast(s.fit.dmd, int(n)) for s, n in zip(fit.states, horizon)])
-    norm = np.linalg.norm(target, axis=1)
-    return ErrorTerms(horizon, np.linalg.norm(target - fit.value, axis=1) / norm,
-                      np.linalg.norm(target - ahead, axis=1) / norm,
-                      np.linalg.norm(ahead - fit.value, axis=1) / norm, fit.fallback)
+    return ErrorTerms(horizon, relative_error(fit.value, target), relative_error(ahead, target),
+                      relative_error(ahead, fit.value, reference=target), fit.fallback)
 
 
 def pooled_terms(results: Sequence[OuterResult]) -> ErrorTerms:

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from .._dmd import mode_magnitudes
+from .. import mode_magnitudes
 from .plotting import OTHER_MODES_COLOR, STRATEGY_COLORS
 
 

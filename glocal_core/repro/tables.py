@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._outer import OuterResult
+from .. import OuterResult
 from .experiments import NUM_CLASSES, PAPER_TABLE2, PAPER_TABLE3, Experiment
 from .quality import QualitySummary
 from .spectra import DMDGridRow, SpectraRow

@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._estimators import ESTIMATOR_DEFAULTS, Estimate, steady_state
+from .. import ESTIMATOR_DEFAULTS, Estimate, steady_state
+from .quality import relative_error
 from .static_explorer import describe, grid_json, static_explorer_html  # noqa: F401
 from .plotting import plot_eigenvalues, plot_hypergradients, plot_mode_decay
 
@@ -89,10 +90,6 @@ def check_setting(tau: int, sigma: int, m: int, length: int) -> str:
     return ""
 
 
-def _relative_error(value: np.ndarray, target: np.ndarray) -> float:
-    return float(np.linalg.norm(value - target) / np.linalg.norm(target))
-
-
 def fit_point(
     H, target, tau: int, sigma: int, m: int, *, delta: float = ESTIMATOR_DEFAULTS.delta
 ) -> GridPoint:
@@ -113,8 +110,8 @@ def fit_point(
             invalid = str(error)
     if invalid:
         return GridPoint(tau, sigma, m, invalid, None, float("nan"), float("nan"))
-    return GridPoint(tau, sigma, m, "", state, _relative_error(state.value, target),
-                     _relative_error(state.local, target))
+    return GridPoint(tau, sigma, m, "", state, float(relative_error(state.value, target)),
+                     float(relative_error(state.local, target)))
 
 
 def explorer_grid(

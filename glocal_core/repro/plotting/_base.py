@@ -11,8 +11,7 @@ import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.axes import Axes
 
-from ..._dmd import DMDFit, mode_magnitudes
-from ..._estimators import ESTIMATOR_DEFAULTS
+from ... import ESTIMATOR_DEFAULTS, DMDFit, mode_magnitudes
 from ..results import benchmark_title, strategy_title
 
 # matplotlib's tab10, fixed per strategy so that every figure of the book agrees; local and

@@ -16,7 +16,7 @@ from .. import quality as gq
 from .. import results as gr
 from .. import tables as gt
 from ..._data import NUM_CLASSES
-from ..._outer import OuterResult
+from ... import OuterResult
 from ..experiments import PAPER_TABLE2, PAPER_TABLE3
 from ._base import (
     BOOK_WIDTH,
