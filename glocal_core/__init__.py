@@ -54,7 +54,8 @@ from ._problems import LossProblem as LossProblem
 from ._problems import accuracy as accuracy
 from ._problems import cross_entropy as cross_entropy
 from ._problems import loss_problem as loss_problem
+from ._problems import sample_examples as sample_examples
 from ._problems import classification_problem as classification_problem
-from ._problems import quadratic_problem as quadratic_problem
-from ._problems import meta_network as meta_network
-from ._problems import reweighting_problem as reweighting_problem
+from ._quadratic import quadratic_problem as quadratic_problem
+from ._reweighting import meta_network as meta_network
+from ._reweighting import reweighting_problem as reweighting_problem

@@ -11,8 +11,8 @@ functions and the same shapes share one compilation, and no compiled function ke
 problem's data alive.
 
 `loss_problem` builds one for any `loss(params, batch)`; `classification_problem` is a thin
-use of it, `reweighting_problem` (φ: a meta network) and `quadratic_problem` (a closed-form
-check) are problems of their own.
+use of it. `reweighting_problem` (φ: a meta network, `_reweighting`) and `quadratic_problem`
+(a closed-form check, `_quadratic`) are problems of their own.
 """
 
 from collections.abc import Callable
@@ -22,7 +22,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._hyperparams import HyperOptimizer, HyperSpace
@@ -282,169 +281,3 @@ def classification_problem(
     return loss_problem(cross_entropy, model, train, val, optimizer, test=test,
                         metric=accuracy, metric_name="test_accuracy", batch_size=batch_size, val_chunk=val_chunk,
                         eval_chunk=eval_chunk)
-
-
-class QuadraticProblem(BilevelProblem):
-    """ℓ(θ) = ½‖θ − a‖² (+ gradient noise), ℓ̃(θ) = ½‖θ − b‖²: built by `quadratic_problem`."""
-
-    optimizer: HyperOptimizer
-    a: Float[Array, " p"]
-    b: Float[Array, " p"]
-    theta0: Float[Array, " p"]
-    noise: float = eqx.field(static=True)
-    metric_name = "val_loss"
-
-    @property
-    def space(self) -> HyperSpace:
-        return self.optimizer.space
-
-    @property
-    def phi0(self) -> Float[Array, " q"]:
-        return self.optimizer.phi0
-
-    def init(self, key):
-        return InnerState(self.theta0, self.optimizer.init(self.theta0))
-
-    def step(self, state, phi, key):
-        jitter = self.noise * jax.random.normal(key, self.a.shape, self.a.dtype)
-
-        def train_loss(theta):  # the noise enters the gradient only: θ − a + ε
-            return (0.5 * jnp.sum((theta - self.a) ** 2)
-                    + jnp.vdot(jax.lax.stop_gradient(jitter), theta))
-
-        return _optimizer_step(self.optimizer, train_loss, state, phi)
-
-    def val_loss(self, params):
-        return 0.5 * jnp.sum((params - self.b) ** 2)
-
-    def evaluate(self, params):
-        return {"val_loss": self.val_loss(params)}
-
-
-def quadratic_problem(
-    train_target: Float[Array, " p"],
-    val_target: Float[Array, " p"],
-    optimizer: HyperOptimizer,
-    *,
-    params0: Float[Array, " p"] | None = None,
-    noise: float = 0.0,
-) -> QuadraticProblem:
-    """ℓ(θ) = ½‖θ − a‖² (+ gradient noise), ℓ̃(θ) = ½‖θ − b‖²: best φ known in closed form.
-
-    With weight decay λ learned, gradient descent converges to θ∞ = a / (1 + λ), so the
-    validation loss after long training is smallest where 1/(1 + λ) = ⟨a, b⟩/‖a‖², i.e. at
-    λ* = ‖a‖²/⟨a, b⟩ − 1 (which must lie in the bounds of the learned λ, (0, 1)). The test
-    metric is the validation loss itself.
-
-    **Arguments:**
-
-    - `train_target`, `val_target`: a and b.
-    - `optimizer`: the inner optimizer with its learned hyperparameters.
-    - `params0`: θ_0 (zeros if omitted).
-    - `noise`: standard deviation of Gaussian noise added to each gradient (a noisy
-      quadratic in the spirit of Wu et al. 2018).
-
-    **Returns:** a `QuadraticProblem`.
-    """
-    a = jnp.asarray(train_target)
-    theta0 = jnp.zeros_like(a) if params0 is None else jnp.asarray(params0, a.dtype)
-    return QuadraticProblem(optimizer, a, jnp.asarray(val_target), theta0, float(noise))
-
-
-def meta_network(meta: eqx.Module) -> tuple[Float[Array, " q"], Callable[[Array], eqx.Module]]:
-    """φ of a meta network and the map back, φ ↦ μ_φ: its inexact arrays, flattened with
-    `ravel_pytree`, are φ (as `reweighting_problem` learns them); the rest stays fixed."""
-    params, static = eqx.partition(meta, eqx.is_inexact_array)
-    phi, unravel = ravel_pytree(params)
-    return phi, lambda phi: eqx.combine(unravel(phi), static)
-
-
-class ReweightingProblem(BilevelProblem):
-    """Data reweighting (Sec. 4.2), φ the parameters of a meta network: built by
-    `reweighting_problem`."""
-
-    classifier: LossProblem
-    phi0: Float[Array, " q"]
-    meta_params: PyTree
-    meta_structure: PyTree = eqx.field(static=True)
-    sgd: tuple[float, float, float] = eqx.field(static=True)
-    metric_name = "test_accuracy"
-
-    @property
-    def space(self) -> HyperSpace:
-        return HyperSpace(tuple(f"meta_{i}" for i in range(self.phi0.size)), None, None)
-
-    def _optimizer(self) -> optax.GradientTransformation:
-        learning_rate, momentum, weight_decay = self.sgd
-        return optax.chain(optax.add_decayed_weights(weight_decay),
-                           optax.sgd(learning_rate, momentum=momentum))
-
-    def init(self, key):
-        params0 = self.classifier.params0
-        return InnerState(params0, self._optimizer().init(params0))
-
-    def step(self, state, phi, key):
-        c = self.classifier
-        x, y = sample_examples(c.train, key, c.batch_size)
-        meta = eqx.combine(ravel_pytree(self.meta_params)[1](phi), self.meta_structure)
-
-        def weighted_loss(params):
-            losses = optax.softmax_cross_entropy_with_integer_labels(
-                _logits(c.model(params), x), y)
-            return jnp.mean(losses * meta(jax.lax.stop_gradient(losses)))
-
-        loss, grads = jax.value_and_grad(weighted_loss)(state.params)
-        updates, opt_state = self._optimizer().update(grads, state.opt_state, state.params)
-        return InnerState(optax.apply_updates(state.params, updates), opt_state), loss
-
-    def val_loss(self, params):
-        return self.classifier.val_loss(params)
-
-    def evaluate(self, params):
-        return self.classifier.evaluate(params)
-
-
-def reweighting_problem(
-    model: eqx.Module,
-    meta: eqx.Module,
-    train: tuple[Float[Array, "n ..."], Int[Array, " n"]],
-    val: tuple[Float[Array, "nv ..."], Int[Array, " nv"]],
-    test: tuple[Float[Array, "nt ..."], Int[Array, " nt"]],
-    *,
-    learning_rate: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    batch_size: int = 128,
-    eval_chunk: int = 1000,
-    val_chunk: int | None = None,
-) -> ReweightingProblem:
-    """Data reweighting (Sec. 4.2): φ are the parameters of a meta network μ_φ.
-
-    The inner loss is the minibatch mean of L(x, y; θ) · μ_φ(L(x, y; θ)) with L the
-    cross-entropy; the weight is computed from the loss *value* (no gradient through μ's
-    input), as in Meta-Weight-Net. The inner optimizer is SGD with fixed hyperparameters
-    (Appendix B.2: lr 0.01, momentum 0.9, weight decay 0). ℓ̃ is the unweighted
-    cross-entropy on the (balanced) validation set.
-
-    **Arguments:**
-
-    - `model`: per-example classifier; its inexact arrays are θ.
-    - `meta`: the meta network (e.g. `MetaMLP`, q = 385); its inexact arrays, flattened, are
-      φ, unbounded, with its current values as φ_0.
-    - `train`, `val`, `test`: `(images, labels)` arrays on the device, labels integer.
-    - `learning_rate`, `momentum`, `weight_decay`, `batch_size`: the inner SGD.
-    - `eval_chunk`, `val_chunk`: as in `classification_problem`.
-
-    **Returns:** a `ReweightingProblem`.
-    """
-    # the classifier's own optimizer is never used: a placeholder that builds no state
-    from ._hyperparams import sgd as _sgd
-
-    classifier = classification_problem(model, train, val, test,
-                                        _sgd(learn=("learning_rate",)),
-                                        batch_size=batch_size, eval_chunk=eval_chunk,
-                                        val_chunk=val_chunk)
-    meta_params, meta_structure = eqx.partition(meta, eqx.is_inexact_array)
-    phi0 = ravel_pytree(meta_params)[0]
-    return ReweightingProblem(classifier, phi0, meta_params, meta_structure,
-                              (float(learning_rate), float(momentum), float(weight_decay)))

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glocal_core import has_fashion_mnist_idx
-from glocal_core._idx import FASHION_MNIST_DEBIAN_DIR, CorruptDatasetError
+from glocal_core._idx import FASHION_MNIST_DEBIAN_DIR, CorruptDatasetError, has_fashion_mnist_idx
 from glocal_core.repro.colab import colab_setup, fetch_fashion_mnist, runtime_line
 
 ROOT = Path(__file__).resolve().parents[1]

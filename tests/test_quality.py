@@ -26,7 +26,7 @@ def _result(strategy="global", *, target, local, estimate, fallback=None, reason
         hyperparameters=np.tile(np.arange(1.0, q + 1), (S, 1)),
         hypergradient=target, local_hypergradient=local, estimate=estimate,
         train_loss=np.ones(S), val_loss=np.ones(S) if val_loss is None else np.asarray(val_loss),
-        eval_step=np.array([tau * S]), test_accuracy=np.asarray(test_accuracy),
+        eval_step=np.array([tau * S]), test_metric=np.asarray(test_accuracy),
         spectral_radius=np.full(S, 0.9) if radius is None else np.asarray(radius),
         num_kept=np.ones(S, int), fallback=fallback,
         fallback_reason=tuple(reasons or ("" for _ in range(S))),

@@ -13,6 +13,7 @@ import glocal_core as gc
 import glocal_core.repro.plotting as gplt
 import glocal_core.repro.quality as gq
 import glocal_core.repro.results as gr
+import glocal_core.repro.spectra as gs
 import glocal_core.repro.tables as gt
 from glocal_core.repro import experiments as ex
 
@@ -36,7 +37,7 @@ def _result(hyperparameters, accuracy, *, tau=10, strategy="glocal", stopped="",
         names=names, step=step, phi=hyperparameters, hyperparameters=hyperparameters,
         hypergradient=zeros, local_hypergradient=zeros, estimate=zeros,
         train_loss=np.zeros(s), val_loss=np.arange(s, dtype=float), eval_step=step,
-        test_accuracy=np.asarray(accuracy, dtype=float), spectral_radius=np.ones(s),
+        test_metric=np.asarray(accuracy, dtype=float), spectral_radius=np.ones(s),
         num_kept=np.ones(s, int),
         fallback=np.zeros(s, bool) if fallback is None else np.asarray(fallback),
         fallback_reason=("",) * s, seconds_window=np.full(s, seconds),
@@ -409,7 +410,7 @@ def test_analysis_figures_name_the_estimate_they_score():
     assert f"{gr.strategy_title('glocal')} vs global" in legend(
         gplt.hypergradient_error_figure({gr.Panel(ex.DataSpec("digits"), "sgd"):
                                          {"global": [run]}}, "smoke"))
-    terms = gc.spectra.ErrorTerms(*(np.ones(2),) * 4, np.array([False, True]))
+    terms = gs.ErrorTerms(*(np.ones(2),) * 4, np.array([False, True]))
     assert "glocal (Eq. 14) error, fell back (= local)" in legend(
         gplt.error_terms_figure(terms, "smoke"))
     sweep = [gq.quality_summary(quality)] * 2

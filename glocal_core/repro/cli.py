@@ -240,7 +240,7 @@ def main(argv=None) -> int:
 
         bench_main(args)
     elif args.command == "data":
-        from .. import prepare_tfds
+        from .._data import prepare_tfds
 
         path = prepare_tfds(args.name, data_dir=args.data_dir)
         print(f"prepared {args.name} in {path}")

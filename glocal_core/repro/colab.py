@@ -12,8 +12,8 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from .. import CorruptDatasetError, read_idx
-from .._idx import FASHION_MNIST_ENV, FASHION_MNIST_FILES
+from .. import CorruptDatasetError
+from .._idx import FASHION_MNIST_ENV, FASHION_MNIST_FILES, read_idx
 
 # The upstream files as raw bytes (FASHION_MNIST_URL in _idx is their page).
 FASHION_MNIST_RAW_URL = (

@@ -16,8 +16,7 @@ import jax
 from . import experiments as ex
 from .._data import TFDS_NAMES, resolve_data_dir
 from .dryrun import DryRun
-from .. import has_fashion_mnist_idx
-from .._idx import fashion_mnist_dir
+from .._idx import fashion_mnist_dir, has_fashion_mnist_idx
 from .._io import write_atomic
 
 _GIB = 2**30

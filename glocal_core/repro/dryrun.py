@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _hypergrad as hg
-from .. import (Dataset, DatasetNotPreparedError, OuterConfig, Splits, has_fashion_mnist_idx,
-               load_dataset, steady_state, to_device)
+from .. import (Dataset, DatasetNotPreparedError, OuterConfig, Splits, load_dataset,
+               steady_state, to_device)
 from .._data import NUM_CLASSES, _split
+from .._idx import has_fashion_mnist_idx
 from .configs import _SGD_ALL, PAPER_ESTIMATOR, _sgd_initial
 from .unitcost import UnitCost as UnitCost
 from .unitcost import compiled_bytes, flops, measure_unit

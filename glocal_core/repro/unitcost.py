@@ -101,7 +101,8 @@ def device_flops() -> float:
 def flops(lowered) -> float | None:
     """XLA's flops of a lowered function (each loop body counted once), `None` where XLA
     gives none."""
-    analysis = lowered.cost_analysis()
+    # `eqx.filter_jit(...).lower` wraps jax's Lowered (and its Compiled) in its own
+    analysis = getattr(lowered, "lowered", lowered).cost_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else None
     value = (analysis or {}).get("flops")
@@ -111,7 +112,7 @@ def flops(lowered) -> float | None:
 def compiled_bytes(compiled) -> int | None:
     """XLA's arguments + outputs + temporaries − aliased bytes of a compiled function
     (`None` where XLA gives no analysis)."""
-    analysis = compiled.memory_analysis()
+    analysis = getattr(compiled, "compiled", compiled).memory_analysis()
     if analysis is None:
         return None
     return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
