@@ -7,10 +7,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._hypergrad import (
     _add_row,
-    _forward_step,
+    _forward,
+    _forward_row,
+    _plain,
     _plain_step,
     _pull_back,
-    _record,
     _scan_steps,
     _track_reverse_scan,
     _val_cotangent,
@@ -59,10 +60,10 @@ def warm_up(
     tangents = zero_tangents(state, phi.shape[0])
     if not host_loop():
         if mode is None:
-            _scan_steps.lower(_plain_step, None, problem, state, phi, key, num_steps=num_steps,
+            _scan_steps.lower(_plain, None, problem, state, phi, key, num_steps=num_steps,
                               num_recorded=0).compile()
         else:
-            _scan_steps.lower(_forward_step, _record, problem, (state, tangents), phi, key,
+            _scan_steps.lower(_forward, _forward_row, problem, (state, tangents), phi, key,
                               num_steps=num_steps, num_recorded=num_recorded).compile()
         if playouts:
             _playout_loop.lower(problem, state, tangents, phi, key, jnp.int32(0)).compile()

@@ -180,7 +180,7 @@ def window_scan_bytes(problem, state, phi, key, config: OuterConfig) -> int | No
     and σ cotangents at once, which the per-step functions do not show."""
     size = dict(num_steps=config.tau)
     if config.strategy == "none":
-        lowered = hg._scan_steps.lower(hg._plain_step, None, problem, state, phi, key, **size,
+        lowered = hg._scan_steps.lower(hg._plain, None, problem, state, phi, key, **size,
                                        num_recorded=0)
     elif config.mode == "reverse":
         lowered = hg._track_reverse_scan.lower(problem, state, phi, key, **size,
@@ -188,7 +188,7 @@ def window_scan_bytes(problem, state, phi, key, config: OuterConfig) -> int | No
                                                cotangent_chunk=config.cotangent_chunk)
     else:
         tangents = hg.zero_tangents(state, phi.shape[0])
-        lowered = hg._scan_steps.lower(hg._forward_step, hg._record, problem,
+        lowered = hg._scan_steps.lower(hg._forward, hg._forward_row, problem,
                                        (state, tangents), phi, key, **size,
                                        num_recorded=config.num_recorded)
     return compiled_bytes(lowered.compile())
