@@ -102,14 +102,27 @@ def _optimizer_step(optimizer: HyperOptimizer, loss_fn, state: InnerState, phi):
     return InnerState(optax.apply_updates(state.params, updates), opt_state), loss
 
 
-class LossProblem(BilevelProblem):
+class OptimizerProblem(BilevelProblem):
+    """A problem whose φ are the learned hyperparameters of its inner `optimizer`."""
+
+    optimizer: HyperOptimizer
+
+    @property
+    def space(self) -> HyperSpace:
+        return self.optimizer.space
+
+    @property
+    def phi0(self) -> Float[Array, " q"]:
+        return self.optimizer.phi0
+
+
+class LossProblem(OptimizerProblem):
     """Tune `optimizer`'s hyperparameters for `loss(params, batch)`: built by `loss_problem`.
 
     `params0` holds the trainable arrays; `structure` the rest of the model (static), so
     that `loss` and `metric` see the whole model (`eqx.combine(params, structure)`).
     """
 
-    optimizer: HyperOptimizer
     params0: PyTree
     train: PyTree
     val: PyTree
@@ -121,14 +134,6 @@ class LossProblem(BilevelProblem):
     batch_size: int = eqx.field(static=True)
     val_chunk: int | None = eqx.field(static=True)
     eval_chunk: int | None = eqx.field(static=True)
-
-    @property
-    def space(self) -> HyperSpace:
-        return self.optimizer.space
-
-    @property
-    def phi0(self) -> Float[Array, " q"]:
-        return self.optimizer.phi0
 
     def model(self, params: PyTree) -> PyTree:
         """The whole model (or parameter pytree) with trainable arrays `params`."""

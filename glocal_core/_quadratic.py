@@ -6,27 +6,18 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._hyperparams import HyperOptimizer, HyperSpace
-from ._problems import BilevelProblem, InnerState, _optimizer_step
+from ._hyperparams import HyperOptimizer
+from ._problems import InnerState, OptimizerProblem, _optimizer_step
 
 
-class QuadraticProblem(BilevelProblem):
+class QuadraticProblem(OptimizerProblem):
     """ℓ(θ) = ½‖θ − a‖² (+ gradient noise), ℓ̃(θ) = ½‖θ − b‖²: built by `quadratic_problem`."""
 
-    optimizer: HyperOptimizer
     a: Float[Array, " p"]
     b: Float[Array, " p"]
     theta0: Float[Array, " p"]
     noise: float = eqx.field(static=True)
     metric_name = "val_loss"
-
-    @property
-    def space(self) -> HyperSpace:
-        return self.optimizer.space
-
-    @property
-    def phi0(self) -> Float[Array, " q"]:
-        return self.optimizer.phi0
 
     def init(self, key):
         return InnerState(self.theta0, self.optimizer.init(self.theta0))

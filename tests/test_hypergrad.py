@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 import glocal_core as gc
+
+from _compiles import counting_compilations
 from glocal_core import _hypergrad as hg
 from glocal_core._warmup import warm_up
 
@@ -259,14 +261,7 @@ def test_a_window_after_warm_up_compiles_nothing(mode):
     phi, key = problem.phi0, jax.random.key(7)
     state = problem.init(key)
     warm_up(problem, state, phi, key, num_steps=6, num_recorded=4, mode=mode)
-    compiles = []
-
-    def listen(name, seconds, **kwargs):
-        if name.endswith("backend_compile_duration"):
-            compiles.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with counting_compilations() as compiles:
         if mode is None:
             window = gc.train_window(problem, state, phi, key, num_steps=6)
         elif mode == "forward":
@@ -275,6 +270,4 @@ def test_a_window_after_warm_up_compiles_nothing(mode):
         else:
             window = gc.track_reverse(problem, state, phi, key, num_steps=6, num_recorded=4)
         jax.block_until_ready(window)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == [], f"{len(compiles)} compilations inside a warmed-up window"

@@ -10,6 +10,8 @@ from sklearn.datasets import load_digits
 
 import glocal_core as gc
 
+from _compiles import counting_compilations
+
 LOG_LR = {"learning_rate": gc.Bound(1e-4, 1.0, "log")}
 
 
@@ -113,18 +115,9 @@ def test_two_problems_of_the_same_shapes_compile_once():
     same shapes) runs a whole outer loop without compiling anything."""
     config = gc.OuterConfig("glocal", total_steps=40, tau=20, sigma=16, m=3, eval_every=1)
     gc.run_outer(_cnn_problem(seed=0)[0], config, key=jax.random.key(0), progress=False)
-    compiles = []
-
-    def listen(name, seconds, **kwargs):
-        if name.endswith("backend_compile_duration"):
-            compiles.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with counting_compilations() as compiles:
         result = gc.run_outer(_cnn_problem(seed=1, lr=0.02)[0], config, key=jax.random.key(1),
                               progress=False)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert result.stopped == "" and len(result.step) == 2
     assert compiles == [], f"{len(compiles)} compilations for a problem of the same shapes"
 
