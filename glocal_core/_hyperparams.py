@@ -15,6 +15,8 @@ momentum buffers and Adam moments without re-implementing any optimizer.
 """
 
 import inspect
+import numbers
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -36,8 +38,8 @@ EPS_ROOT = 1e-16
 class Bound(NamedTuple):
     """The open interval a learned hyperparameter lives in, and the scale φ moves it on.
 
-    **Fields:** `lower`, `upper` (`0 <= lower < upper`; `lower > 0` on a log scale) and
-    `scale`, `"linear"` or `"log"`.
+    **Fields:** `lower`, `upper` (`lower < upper`; `lower > 0` on a log scale) and `scale`,
+    `"linear"` or `"log"`.
     """
 
     lower: float
@@ -100,17 +102,24 @@ class HyperSpace(NamedTuple):
 
         **Raises:** `ValueError` naming the values outside their bounds.
         """
-        values = jnp.asarray(values, dtype=float)
         if self.lower is None:
-            return values
+            return jnp.asarray(values, dtype=float)
+        values = np.asarray(values, np.float64)  # float64, so that φ is finite near a bound
         outside = [(n, float(v), (lo, hi)) for n, v, lo, hi in
                    zip(self.names, values, self.lower, self.upper) if not lo < v < hi]
         if outside:
             raise ValueError("initial values must lie strictly inside their bounds: "
                              + "; ".join(f"{n}={v} not in {b}" for n, v, b in outside) + ".")
-        lo, hi, log = self._ends(values.dtype)
-        u = (jnp.where(log, jnp.log(values), values) - lo) / (hi - lo)
-        return jnp.log(u) - jnp.log1p(-u)
+        log = np.array([s == "log" for s in self.scales or ("linear",) * self.size])
+        lower, upper = np.asarray(self.lower, np.float64), np.asarray(self.upper, np.float64)
+        lo, hi, x = (np.where(log, np.log(np.where(log, v, 1)), v) for v in (lower, upper, values))
+        u = (x - lo) / (hi - lo)
+        phi = jnp.asarray(np.log(u) - np.log1p(-u), dtype=float)
+        back = np.asarray(self.bounded(phi), np.float64)  # in the dtype the optimizer will see
+        if not (np.all(np.isfinite(phi)) and np.all((back > lower) & (back < upper))):
+            raise ValueError(f"initial values {values.tolist()} of {self.names} lie too close "
+                             "to their bounds: the sigmoid would stay there. Start further in.")
+        return phi
 
 
 class HyperOptimizer(eqx.Module):
@@ -148,7 +157,9 @@ class HyperOptimizer(eqx.Module):
             raise ValueError("params has no floating-point array to train: pass the model's "
                              "parameters (a pytree of float arrays, or an equinox module).")
         state = self._transform(self.space.bounded(self.phi0)).init(params)
-        hyper = {k: jnp.asarray(v, leaves[0].dtype) for k, v in state.hyperparams.items()}
+        dtype = jnp.result_type(*leaves)  # as optax does: the widest of the parameters
+        hyper = {k: jnp.asarray(v, dtype) if jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)
+                 else v for k, v in state.hyperparams.items()}
         return state._replace(hyperparams=hyper)
 
     def update(self, grads: PyTree, state: Any, params: PyTree | None = None, *,
@@ -188,7 +199,11 @@ class HyperOptimizer(eqx.Module):
         if values.ndim == 1:
             return optax.inject_hyperparams(self.factory)(
                 **self.fixed, **dict(zip(self.space.names, values.tolist())))
-        if not isinstance(tau, int) or tau < 1:
+        try:
+            tau = operator.index(tau)
+        except TypeError:
+            tau = 0
+        if tau < 1:
             raise ValueError(f"tau={tau!r}: a schedule of {len(values)} windows needs their "
                              "length in steps, e.g. tau=result.config.tau.")
         return optax.inject_hyperparams(self.factory)(**self.fixed, **{
@@ -245,25 +260,35 @@ def learnable(
     - `values`: initial values of the learned ones and fixed values of the others; a learned
       one left out starts at the factory's default.
 
-    An Adam-family factory with an `eps_root` argument gets `eps_root=1e-16` unless you give
-    one: forward-mode tangents through `sqrt(ν)` are NaN where a gradient entry is exactly 0.
+    A factory whose `eps_root` argument defaults to 0 (optax's Adam family) gets
+    `eps_root=1e-16` unless you give one: forward-mode tangents through `sqrt(ν)` are NaN
+    where a gradient entry is exactly 0.
 
     **Returns:** a `HyperOptimizer`.
 
-    **Raises:** `ValueError` for an empty `learn`, a name the factory does not take, a bound
-    that is not an interval, an initial value outside its bound or `eps_root <= 0`.
+    **Raises:** `ValueError` for an empty `learn`, a name the factory does not take, a factory
+    whose arguments cannot be read, a bound that is not an interval, an initial value outside
+    its bound or `eps_root <= 0`.
     """
+    if not isinstance(learn, Mapping):
+        raise ValueError(f"learn={learn!r}: a dict of name -> Bound, e.g. "
+                         "learn={'learning_rate': Bound(1e-4, 1.0, 'log')}.")
     if not learn:
         raise ValueError("learn={}: name at least one hyperparameter, e.g. "
                          "learn={'learning_rate': Bound(1e-4, 1.0, 'log')}.")
     arguments = _float_arguments(factory)
+    if not arguments:
+        raise ValueError(f"{factory!r}: its keyword arguments cannot be read; wrap it in a "
+                         "def with keyword hyperparameters, e.g. def opt(learning_rate): ...")
     floats = _float_names(factory)
     unknown = [n for n in [*learn, *values] if arguments and n not in arguments]
     if unknown:
         raise ValueError(f"{getattr(factory, '__name__', factory)} takes no {unknown}; its "
                          f"float hyperparameters are {floats}.")
     if "eps_root" in arguments:
-        values.setdefault("eps_root", EPS_ROOT)
+        if not arguments["eps_root"]:  # 0, None or no default: forward mode needs one > 0
+            values.setdefault("eps_root", EPS_ROOT)
+        values.setdefault("eps_root", arguments["eps_root"])
         if not float(values["eps_root"]) > 0:
             raise ValueError(f"eps_root={values['eps_root']}: must be > 0 (e.g. {EPS_ROOT}); "
                              "forward-mode tangents through sqrt(nu) are NaN at nu = 0.")
@@ -271,7 +296,7 @@ def learnable(
     initial = []
     for name in bounds:
         value = values.get(name, arguments.get(name))
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name}: give its initial value as a float, e.g. {name}=0.1.")
         initial.append(float(value))
     space = HyperSpace(tuple(bounds), tuple(b.lower for b in bounds.values()),

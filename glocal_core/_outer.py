@@ -68,9 +68,11 @@ class OuterResult(NamedTuple):
     - `seconds_compile`: compilation, excluded from the per-window times.
     - `stopped`: `""` if all S windows ran, else why the run stopped early.
     - `metric_name`: the name of the problem's test metric.
-    - `final_phi`, `final_hyperparameters`: raw φ and its values after the last update (no
-      window trained with them yet): constants to retrain with, `HyperOptimizer.export(
-      final_hyperparameters)`; `export(hyperparameters, tau=...)` replays the schedule.
+    - `final_phi`, `final_hyperparameters`: raw φ and its values after the last finished
+      window's update (no window trained with them yet): constants to retrain with,
+      `HyperOptimizer.export(final_hyperparameters)`; `export(hyperparameters, tau=...)`
+      replays the schedule. For a run that stopped, these are the values the diverging
+      window used.
     """
 
     config: OuterConfig

@@ -231,6 +231,7 @@ def init(problem: BilevelProblem, config: OuterConfig, *, key: PRNGKeyArray) -> 
     """
     init_key, data_key, playout_key = jax.random.split(key, 3)
     inner = problem.init(init_key)
+    check_metric(problem, inner.params)
     phi = jnp.asarray(problem.phi0)
     return OuterState(0, inner, _zero_tangents(config, inner, phi.shape[0]), phi,
                       config.outer().init(phi), data_key, playout_key)
@@ -283,7 +284,9 @@ def step(problem: BilevelProblem, config: OuterConfig,
     **Returns:** `(carry, record)`: the `OuterState` after window s and its `WindowRecord`.
 
     **Raises:** `Diverged` where the training loss, a local hypergradient or (`global`) h_T
-    is not finite; the run stops before window s.
+    is not finite; the run stops before window s. `FloatingPointError` where the first
+    window's hypergradient is not finite while its training is (a setup error: the message
+    names the likely causes).
     """
     s, phi, q = carry.window, carry.phi, carry.phi.shape[0]
     tangents = _zero_tangents(config, carry.inner, q) if config.reset_tangents else carry.tangents
@@ -350,16 +353,18 @@ def compile_step(problem: BilevelProblem, config: OuterConfig, carry: OuterState
             mode=None if config.strategy == "none" else config.mode,
             playouts=config.strategy == "global", cotangent_chunk=config.cotangent_chunk)
     params = carry.inner.params
-    check_metric(problem)
     jax.block_until_ready((_evaluate(problem, params), _val_loss(problem, params)))
     return time.perf_counter() - start
 
 
-def check_metric(problem: BilevelProblem) -> None:
-    """Raise a `ValueError` unless `problem.evaluate` reports `problem.metric_name`."""
+def check_metric(problem: BilevelProblem, params) -> None:
+    """Raise a `ValueError` unless `problem.evaluate(params)` is a dict that reports
+    `problem.metric_name` (traced only: nothing is computed)."""
     name = getattr(problem, "metric_name", None)
-    state = jax.eval_shape(problem.init, jax.random.key(0))
-    reported = jax.eval_shape(problem.evaluate, state.params)
+    reported = jax.eval_shape(problem.evaluate, params)
+    if not isinstance(reported, dict):
+        raise ValueError("problem.evaluate must return a dict of named scalars, e.g. "
+                         "{'val_loss': ..., 'test_accuracy': ...}.")
     if name not in reported:
         raise ValueError(f"metric_name={name!r} is not among what the problem's evaluate "
                          f"reports, {sorted(reported)}: set metric_name to one of them.")

@@ -6,9 +6,9 @@ hypergradient trackers need is a method of the problem, so any model, data set a
 that fits the interface gets all four strategies for free.
 
 A problem is an `eqx.Module`: its data, initial parameters and φ_0 are leaves, its
-functions static. The trackers go through `eqx.filter_jit`, so two problems with the same
-functions and the same shapes share one compilation, and no compiled function keeps a
-problem's data alive.
+functions and settings static. Every jitted function takes the problem as an argument, so
+two problems with the same functions, settings (fixed hyperparameters included) and shapes
+share one compilation, and no compiled function keeps a problem's data alive.
 
 `loss_problem` builds one for any `loss(params, batch)`; `classification_problem` is a thin
 use of it. `reweighting_problem` (φ: a meta network, `_reweighting`) and `quadratic_problem`
@@ -41,8 +41,9 @@ class BilevelProblem(eqx.Module):
     - `init(key) -> InnerState`;
     - `step(state, phi, key) -> (state, train_loss)`, Θ; `key` draws the minibatch;
     - `val_loss(params) -> scalar`, ℓ̃;
-    - `evaluate(params) -> dict[str, scalar]`, jittable, holding `metric_name`, the test
-      metric the outer loop records.
+    - `evaluate(params) -> dict[str, scalar]`, jittable;
+    - `metric_name`, the key of `evaluate`'s dict the outer loop records as its test metric
+      (checked before a run starts).
     """
 
     def init(self, key: PRNGKeyArray) -> InnerState:
@@ -73,7 +74,7 @@ def _num_examples(data: PyTree, what: str) -> int:
 def sample_examples(data: PyTree, key: PRNGKeyArray, batch_size: int) -> PyTree:
     """`batch_size` examples of `data` (arrays with a leading example axis), drawn
     independently and uniformly with replacement as a pure function of `key` (see
-    `sample_batch`)."""
+    `glocal_core._data.sample_batch`, which it generalises)."""
     n = jax.tree.leaves(data)[0].shape[0]
     index = jax.random.randint(key, (batch_size,), 0, n)
     return jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
@@ -202,14 +203,27 @@ def loss_problem(
     if not isinstance(optimizer, HyperOptimizer):
         raise ValueError(f"optimizer={optimizer!r}: a HyperOptimizer, e.g. "
                          "glocal_core.learnable(optax.sgd, learning_rate=0.1, learn=...).")
+    if not isinstance(params, eqx.Module):  # a Python float in a pytree is a parameter too
+        params = jax.tree.map(
+            lambda v: jnp.asarray(v, float) if isinstance(v, float) else v, params)
     params0, structure = eqx.partition(params, eqx.is_inexact_array)
     if not jax.tree.leaves(params0):
         raise ValueError("params has no floating-point array to train: pass the model's "
                          "parameters (a pytree of float arrays, or an equinox module).")
+    train, val, test = (None if d is None else jax.tree.map(jnp.asarray, d)
+                        for d in (train, val, test))
     n = _num_examples(train, "train")
     _num_examples(val, "val")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
         raise ValueError(f"batch_size={batch_size}: must be in [1, {n}] (the training set size).")
+    for name, chunk in (("val_chunk", val_chunk), ("eval_chunk", eval_chunk)):
+        if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"{name}={chunk!r}: a positive number of examples, or None.")
+    if metric is None and metric_name is not None:
+        raise ValueError(f"metric_name={metric_name!r} without a metric: pass metric= too.")
+    if metric_name == "val_loss" and metric is not None:
+        raise ValueError("metric_name='val_loss' would hide the validation loss: choose "
+                         "another name for the test metric.")
     if (test is None) != (metric is None):
         raise ValueError("test and metric go together: pass both (the metric is recorded on "
                          "test at every evaluation) or neither.")

@@ -36,7 +36,7 @@ class ReweightingProblem(BilevelProblem):
     classifier: LossProblem
     phi0: Float[Array, " q"]
     meta_params: PyTree
-    meta_structure: PyTree = eqx.field(static=True)
+    meta_structure: PyTree
     sgd: tuple[float, float, float] = eqx.field(static=True)
     metric_name = "test_accuracy"
 

@@ -214,3 +214,37 @@ def test_an_unknown_metric_name_is_an_error_before_the_run():
     with pytest.raises(ValueError, match="metric_name='test_accuracy'.*val_loss"):
         gc.run_outer(_Silent(), gc.OuterConfig("local", total_steps=20, tau=10),
                      key=jax.random.key(0), progress=False)
+
+
+def test_learnable_keeps_what_it_should_and_reads_what_it_is_given():
+    # a positive default eps_root is the factory's own; 0 (the Adam family) becomes 1e-16
+    assert gc.learnable(optax.adan, learning_rate=0.1, learn=LOG_LR).fixed["eps_root"] == 1e-8
+    assert gc.learnable(optax.adam, learning_rate=0.1, learn=LOG_LR).fixed["eps_root"] == 1e-16
+    # initial values of numpy's types, and a log bound's midpoint at phi = 0
+    opt = gc.learnable(optax.sgd, learning_rate=np.float32(0.01), learn=LOG_LR)
+    np.testing.assert_allclose(opt.space.bounded(jnp.zeros(1)), [1e-2], rtol=1e-6)
+    np.testing.assert_allclose(opt.space.bounded(opt.phi0), [0.01], rtol=1e-6)
+    # mixed scales and a negative linear bound round-trip
+    space = gc.HyperSpace(("a", "b"), (-2.0, 1e-3), (3.0, 10.0), ("linear", "log"))
+    np.testing.assert_allclose(space.bounded(space.raw([0.5, 0.2])), [0.5, 0.2], rtol=1e-6)
+    with pytest.raises(ValueError, match="too close"):
+        gc.learnable(optax.sgd, learning_rate=1.0 - 1e-15, learn=LOG_LR)
+    with pytest.raises(ValueError, match="a dict"):
+        gc.learnable(optax.sgd, learning_rate=0.1, learn=("learning_rate",))
+    # hyperparameters take the widest dtype of the parameters, as optax does
+    params = {"a": jnp.zeros(2, jnp.bfloat16), "b": jnp.zeros(2, jnp.float32)}
+    assert opt.init(params).hyperparams["learning_rate"].dtype == jnp.float32
+    assert opt.export(np.full((3, 1), 0.1), tau=np.int64(5)) is not None
+
+
+def test_a_python_float_in_params_is_trained():
+    opt = gc.learnable(optax.sgd, learning_rate=0.1, learn=LOG_LR)
+    train, val = _regression()
+    problem = gc.loss_problem(mse, {"w": jnp.zeros(5), "b": 0.0}, train, val, opt)
+    assert problem.params0["b"] is not None
+    state, _ = problem.step(problem.init(None), opt.phi0, jax.random.key(0))
+    assert float(state.params["b"]) != 0.0
+    with pytest.raises(ValueError, match="without a metric"):
+        gc.loss_problem(mse, {"w": jnp.zeros(5)}, train, val, opt, metric_name="mse")
+    with pytest.raises(ValueError, match="val_chunk"):
+        gc.loss_problem(mse, {"w": jnp.zeros(5)}, train, val, opt, val_chunk=0)
