@@ -104,19 +104,18 @@ class HyperSpace(NamedTuple):
         """
         if self.lower is None:
             return jnp.asarray(values, dtype=float)
-        values = np.asarray(values, np.float64)  # float64, so that φ is finite near a bound
+        values = jnp.asarray(values, dtype=float)
         outside = [(n, float(v), (lo, hi)) for n, v, lo, hi in
                    zip(self.names, values, self.lower, self.upper) if not lo < v < hi]
         if outside:
             raise ValueError("initial values must lie strictly inside their bounds: "
                              + "; ".join(f"{n}={v} not in {b}" for n, v, b in outside) + ".")
-        log = np.array([s == "log" for s in self.scales or ("linear",) * self.size])
-        lower, upper = np.asarray(self.lower, np.float64), np.asarray(self.upper, np.float64)
-        lo, hi, x = (np.where(log, np.log(np.where(log, v, 1)), v) for v in (lower, upper, values))
-        u = (x - lo) / (hi - lo)
-        phi = jnp.asarray(np.log(u) - np.log1p(-u), dtype=float)
-        back = np.asarray(self.bounded(phi), np.float64)  # in the dtype the optimizer will see
-        if not (np.all(np.isfinite(phi)) and np.all((back > lower) & (back < upper))):
+        lo, hi, log = self._ends(values.dtype)
+        u = (jnp.where(log, jnp.log(values), values) - lo) / (hi - lo)
+        phi = jnp.log(u) - jnp.log1p(-u)
+        back = self.bounded(phi)  # a value the sigmoid rounds onto its bound could not move
+        lower, upper = jnp.asarray(self.lower, phi.dtype), jnp.asarray(self.upper, phi.dtype)
+        if not bool(jnp.all(jnp.isfinite(phi) & (back > lower) & (back < upper))):
             raise ValueError(f"initial values {values.tolist()} of {self.names} lie too close "
                              "to their bounds: the sigmoid would stay there. Start further in.")
         return phi

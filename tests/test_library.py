@@ -228,7 +228,8 @@ def test_learnable_keeps_what_it_should_and_reads_what_it_is_given():
     space = gc.HyperSpace(("a", "b"), (-2.0, 1e-3), (3.0, 10.0), ("linear", "log"))
     np.testing.assert_allclose(space.bounded(space.raw([0.5, 0.2])), [0.5, 0.2], rtol=1e-6)
     with pytest.raises(ValueError, match="too close"):
-        gc.learnable(optax.sgd, learning_rate=1.0 - 1e-15, learn=LOG_LR)
+        gc.learnable(optax.sgd, learning_rate=float(np.nextafter(np.float32(1), np.float32(0))),
+                     learn=LOG_LR)  # the largest float32 below the bound
     with pytest.raises(ValueError, match="a dict"):
         gc.learnable(optax.sgd, learning_rate=0.1, learn=("learning_rate",))
     # hyperparameters take the widest dtype of the parameters, as optax does
