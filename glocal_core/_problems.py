@@ -44,6 +44,9 @@ class BilevelProblem(eqx.Module):
     - `evaluate(params) -> dict[str, scalar]`, jittable;
     - `metric_name`, the key of `evaluate`'s dict the outer loop records as its test metric
       (checked before a run starts).
+
+    To jit a method yourself, use `eqx.filter_jit(problem.step)`: a bound method of a module
+    that holds arrays is not hashable, so `jax.jit(problem.step)` raises a `TypeError`.
     """
 
     def init(self, key: PRNGKeyArray) -> InnerState:
