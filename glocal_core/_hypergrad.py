@@ -114,6 +114,11 @@ _plain_step = eqx.filter_jit(_plain)
 _val_loss = eqx.filter_jit(lambda problem, params: problem.val_loss(params))
 
 
+def _playout_end(problem: BilevelProblem, carry):
+    """h_T and ℓ̃(θ_T) at the end of a playout."""
+    return _forward_row(problem, carry), problem.val_loss(carry[0].params)
+
+
 class _Static:
     """The non-array part of a problem (functions, settings, shapes of nothing), hashable by
     value: what `_host` keys its compilations on, so that problems alike in all but their
@@ -361,7 +366,7 @@ def playout(
     carry, (static, dynamic) = (state, tangents), _split(problem)
     for i in range(int(num_steps)):
         carry, _ = _host(_forward, static, dynamic, carry, phi, jax.random.fold_in(key, i))
-    return _record(problem, carry), _val_loss(problem, carry[0].params)
+    return _host(_playout_end, static, dynamic, carry)
 
 
 @eqx.filter_jit

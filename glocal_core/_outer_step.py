@@ -19,6 +19,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._crossval import held_out_rows
 from ._estimators import ESTIMATOR_DEFAULTS, EstimatorSettings, ModeFit, steady_state
 from ._hypergrad import (
+    _val_loss,
     Window,
     playout,
     track_forward,
@@ -205,7 +206,6 @@ class Diverged(ArithmeticError):
 
 
 _evaluate = eqx.filter_jit(lambda problem, params: problem.evaluate(params))
-_val_loss = eqx.filter_jit(lambda problem, params: problem.val_loss(params))
 
 
 def _timed(fn, *args):

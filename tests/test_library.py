@@ -235,7 +235,9 @@ def test_learnable_keeps_what_it_should_and_reads_what_it_is_given():
     # hyperparameters take the widest dtype of the parameters, as optax does
     params = {"a": jnp.zeros(2, jnp.bfloat16), "b": jnp.zeros(2, jnp.float32)}
     assert opt.init(params).hyperparams["learning_rate"].dtype == jnp.float32
-    assert opt.export(np.full((3, 1), 0.1), tau=np.int64(5)) is not None
+    replay = opt.export(np.full((3, 1), 0.25), tau=np.int64(5))  # numpy's int is a tau too
+    _, state = replay.update(params, replay.init(params), params)
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.25)
 
 
 def test_a_python_float_in_params_is_trained():
