@@ -23,6 +23,7 @@ from ._estimators import METHODS as METHODS
 from ._estimators import Estimate as Estimate
 from ._estimators import glocal_estimate as glocal_estimate
 from ._estimators import steady_state as steady_state
+from . import estimators as estimators
 from ._hypergrad import playout as playout
 from ._hypergrad import track_forward as track_forward
 from ._hypergrad import track_reverse as track_reverse

@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._crossval import CrossValidation, cross_validated
+from ._crossval import DIVERGENT, EXTRAPOLATORS, UNCONFIRMED, CrossValidation, cross_validated
 from ._dmd import (
     _DELTA,
     _MAX_GROWTH,
@@ -80,8 +80,13 @@ class EstimatorSettings(NamedTuple):
     - `max_growth`: an estimate whose norm exceeds this times the window's largest row norm
       falls back (`TOO_LARGE`), `> 0`.
     - `holdout`: the share of the window `cv` holds out to score its candidates, in `(0, 1)`.
-    - `margin`: how many standard errors of its paired difference with the mean an
-      extrapolation must beat the mean by on the held-out rows (`cv`), `>= 0`.
+    - `margin`: how many standard errors of its paired difference with the better baseline
+      (mean or last value) an extrapolation must beat it by on the held-out rows (`cv`),
+      `>= 0`.
+    - `max_radius`: the largest modulus a fitted recurrence's characteristic root (`cv`,
+      `rre`) or the affine map's eigenvalue (`affine`) may have for its fixed point to be
+      used, in `(0, 1)`: a fit with a root outside converges to nothing, and its fixed point
+      is an anti-limit (`DIVERGENT`). The default admits a mode of time constant 1,000 steps.
     """
 
     method: str = "cv"
@@ -90,6 +95,7 @@ class EstimatorSettings(NamedTuple):
     max_growth: float = _MAX_GROWTH
     holdout: float = 0.25
     margin: float = 1.0
+    max_radius: float = 0.999
 
     def checked(self) -> "EstimatorSettings":
         """These settings, or a `ValueError` that names the bad one and its range."""
@@ -97,7 +103,7 @@ class EstimatorSettings(NamedTuple):
             raise ValueError(f"method={self.method!r}: choose one of {', '.join(METHODS)}.")
         bounds = {"delta": self.delta > 0, "rtol": 0 < self.rtol < 1,
                   "max_growth": self.max_growth > 0, "holdout": 0 < self.holdout < 1,
-                  "margin": self.margin >= 0}
+                  "margin": self.margin >= 0, "max_radius": 0 < self.max_radius < 1}
         for name, ok in bounds.items():
             if not ok:
                 raise ValueError(f"`{name}`={getattr(self, name)!r} is out of range; the "
@@ -120,13 +126,31 @@ class ModeFit(NamedTuple):
     spectral_radius: float
 
 
-class Estimate(NamedTuple):
-    """A steady-state estimate.
+# What each coordinate of an estimate is, as data: `Estimate.used`.
+EXTRAPOLATED, MEAN, LOCAL = "extrapolated", "mean", "local"
+USES = (EXTRAPOLATED, MEAN, LOCAL)
+# Why a coordinate was not extrapolated, as data (`Estimate.reasons`): a fallback kind of the
+# DMD, or one of `cv`'s: the fit diverges, or the held-out rows did not confirm it.
+REASONS = (DIVERGENT, UNCONFIRMED)
 
-    **Fields:** `value` `(q,)` (the local hypergradient where it fell back); `local` `(q,)`,
-    the window's last row; `fallback`, `""` or one of `FALLBACK_KINDS`; `method`; `fit`, what
-    the method fitted: a `ModeFit` (`paper`, `fbdmd`, `tlsdmd`), a `CrossValidation` (`cv`),
-    else `None`.
+
+class Estimate(NamedTuple):
+    """A steady-state estimate, and what it used.
+
+    **Fields:**
+
+    - `value` `(q,)`: the estimate (the local hypergradient where it fell back).
+    - `local` `(q,)`: the window's last row, `h_τ`.
+    - `fallback`: `""`, or why the whole estimate fell back to `h_τ` (one of
+      `FALLBACK_KINDS` or `DIVERGENT`); `cv` never falls back as a whole: it chooses per
+      coordinate, recorded in `used` and `reasons`.
+    - `method`: the estimator's name.
+    - `fit`: what the method fitted: a `ModeFit` (`paper`, `fbdmd`, `tlsdmd`), a
+      `CrossValidation` (`cv`), else `None`.
+    - `used`: per coordinate, one of `USES`: `"extrapolated"` (a steady state the method
+      fitted), `"mean"` (the window mean) or `"local"` (`h_τ`); a tuple of `q` strings.
+    - `reasons`: per coordinate, `""` where it extrapolated (or the method never does),
+      else why not (a `FALLBACK_KINDS` entry, `DIVERGENT` or `UNCONFIRMED`).
     """
 
     value: np.ndarray
@@ -134,6 +158,8 @@ class Estimate(NamedTuple):
     fallback: str
     method: str
     fit: ModeFit | CrossValidation | None = None
+    used: tuple = ()
+    reasons: tuple = ()
 
     @property
     def reason(self) -> str:
@@ -152,7 +178,8 @@ def _guarded(value: np.ndarray, window: np.ndarray, max_growth: float) -> tuple[
 
 
 def affine_fixed_point(window: np.ndarray, m: int, *, rtol: float = _RTOL,
-                       max_growth: float = _MAX_GROWTH) -> tuple[np.ndarray, str]:
+                       max_growth: float = _MAX_GROWTH,
+                       max_radius: float = 0.999) -> tuple[np.ndarray, str]:
     """The fixed point of the affine map fitted to the Hankel observables.
 
     With `G = hankel(window, m)`, fit `G[:, 1:] ≈ A G[:, :-1] + c 1^T` in least squares
@@ -161,7 +188,9 @@ def affine_fixed_point(window: np.ndarray, m: int, *, rtol: float = _RTOL,
     Hankel DMD with a constant observable appended: its `λ = 1` mode is exact by
     construction, so no tolerance `δ` decides whether there is a steady state.
 
-    **Returns:** `(value, fallback)`; `fallback` is `SINGULAR` when `I − A` cannot be solved.
+    **Returns:** `(value, fallback)`; `fallback` is `SINGULAR` when `I − A` cannot be solved,
+    and `DIVERGENT` when an eigenvalue of `A` has modulus above `max_radius` (the fixed point
+    of a map that does not contract is an anti-limit).
     """
     G = hankel(window, m)
     X = np.concatenate([G[:, :-1], np.ones((1, G.shape[1] - 1))])
@@ -172,12 +201,33 @@ def affine_fixed_point(window: np.ndarray, m: int, *, rtol: float = _RTOL,
     system = np.eye(len(c)) - A
     if np.linalg.cond(system) > 1 / np.finfo(np.float64).eps:
         return window[-1], SINGULAR
+    if np.max(np.abs(np.linalg.eigvals(A)), initial=0.0) > max_radius:
+        return window[-1], DIVERGENT
     g = np.linalg.solve(system, c)
     return _guarded(g.reshape(m, -1).mean(axis=0), window, max_growth)
 
 
-def reduced_rank_extrapolation(window: np.ndarray, k: int, *,
-                               max_growth: float = _MAX_GROWTH) -> tuple[np.ndarray, str]:
+def _active_radius(roots: np.ndarray, series: np.ndarray, rtol: float = 1e-6) -> float:
+    """The largest modulus among the `roots` that `series` `(n, q)` uses: a polynomial of
+    degree `k` fitted to fewer modes has spare roots anywhere, with zero amplitude. The
+    amplitudes come from least squares on `λ_j^t`, each column scaled to peak 1 in the
+    window; a root counts when its amplitude exceeds `rtol` times the largest."""
+    if roots.size == 0:
+        return 0.0
+    t = np.arange(len(series))[:, None]
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        peak = np.where(np.abs(roots) > 1, len(series) - 1, 0)
+        V = roots[None, :] ** (t - peak[None, :])
+    if not np.all(np.isfinite(V)):
+        return float(np.max(np.abs(roots)))
+    amplitudes = np.linalg.lstsq(V, series.astype(complex), rcond=None)[0]
+    weight = np.linalg.norm(amplitudes, axis=1)
+    active = weight > rtol * np.max(weight, initial=0.0)
+    return float(np.max(np.abs(roots[active]), initial=0.0))
+
+
+def reduced_rank_extrapolation(window: np.ndarray, k: int, *, max_growth: float = _MAX_GROWTH,
+                               max_radius: float = 0.999) -> tuple[np.ndarray, str]:
     """The limit of the window by reduced-rank extrapolation of order `k`.
 
     If `h_t = h_∞ + Σ_{j≤k} a_j λ_j^t` with `λ_j ≠ 1`, a polynomial `P(z) = Σ_i γ_i z^i` of
@@ -187,7 +237,8 @@ def reduced_rank_extrapolation(window: np.ndarray, k: int, *,
     to `Σ γ_i = 1` over all `t` of the window, and returns the mean over `t` of
     `Σ_i γ_i h_{t+i}`, which also averages noise.
 
-    **Returns:** `(value, fallback)`.
+    **Returns:** `(value, fallback)`; `fallback` is `DIVERGENT` when a root of `P` has
+    modulus above `max_radius`: the sequence the fit describes does not converge.
     """
     diffs = np.diff(window, axis=0)
     if not np.any(diffs):  # a constant window is its own limit (and M below would be 0)
@@ -202,6 +253,8 @@ def reduced_rank_extrapolation(window: np.ndarray, k: int, *,
     except np.linalg.LinAlgError:
         return window[-1], SINGULAR
     gamma /= gamma.sum()
+    if _active_radius(np.roots(gamma[::-1]), diffs) > max_radius:
+        return window[-1], DIVERGENT
     values = np.stack([window[i : i + count] for i in range(k + 1)], axis=-1) @ gamma
     return _guarded(values.mean(axis=0), window, max_growth)
 
@@ -259,27 +312,36 @@ def steady_state(H, sigma: int = 80, m: int = 10, *, method: str | None = None,
         settings = settings._replace(method=method)
     settings, method = settings.checked(), settings.method
     window = _check_trajectory(H, m, sigma)
-    local = window[-1]
+    local, q = window[-1], window.shape[1]
+
+    def everywhere(use: str, reason: str = "") -> dict:
+        return dict(used=(use,) * q, reasons=(reason,) * q)
+
     if method == "local":
-        return Estimate(local, local, "", method)
+        return Estimate(local, local, "", method, **everywhere(LOCAL))
     if method == "mean":
-        return Estimate(window.mean(axis=0), local, "", method)
-    if method in EQ14_METHODS:
-        value, fallback, fit = _eq14(window, m, settings, EQ14_METHODS[method])
-        return Estimate(value, local, fallback, method, fit)
+        return Estimate(window.mean(axis=0), local, "", method, **everywhere(MEAN))
     if method == "cv":
         value, fit = cross_validated(window, m, holdout=settings.holdout,
                                      margin=settings.margin, rtol=_CV_RTOL,
-                                     max_growth=settings.max_growth)
-        return Estimate(value, local, "", method, fit)  # never falls back: the mean is usable
-    if method == "affine":
+                                     max_growth=settings.max_growth,
+                                     max_radius=settings.max_radius)
+        used = tuple(EXTRAPOLATED if c in EXTRAPOLATORS else c for c in fit.choice)
+        return Estimate(value, local, "", method, fit, used, fit.reasons)
+    fit = None
+    if method in EQ14_METHODS:
+        value, fallback, fit = _eq14(window, m, settings, EQ14_METHODS[method])
+    elif method == "affine":
         value, fallback = affine_fixed_point(window, m, rtol=settings.rtol,
-                                             max_growth=settings.max_growth)
+                                             max_growth=settings.max_growth,
+                                             max_radius=settings.max_radius)
     else:
         if sigma - 1 - m < 1:
             raise ValueError(f"method='rre' needs sigma > m + 1, got sigma={sigma}, m={m}.")
-        value, fallback = reduced_rank_extrapolation(window, m, max_growth=settings.max_growth)
-    return Estimate(value, local, fallback, method)
+        value, fallback = reduced_rank_extrapolation(window, m, max_growth=settings.max_growth,
+                                                     max_radius=settings.max_radius)
+    uses = everywhere(LOCAL, fallback) if fallback else everywhere(EXTRAPOLATED)
+    return Estimate(value, local, fallback, method, fit, **uses)
 
 
 def glocal_estimate(H, sigma: int = 80, m: int = 10, *, method: str | None = None,
