@@ -59,8 +59,12 @@ class OuterResult(NamedTuple):
     - `eval_step`, `test_metric`: the problem's test metric (named `metric_name`) after
       every `eval_every` windows; `test_accuracy` reads it under that name.
     - `spectral_radius`, `num_kept`: of Eq. 14's fit of the window, where there was one (a
-      DMD method, or `config.eq14_diagnostics`); NaN and -1 otherwise; `fallback`, `fallback_reason`: whether the estimator fell back and why, one
-      of `FALLBACK_KINDS` (`glocal`, `global`).
+      DMD method, or `config.eq14_diagnostics`); NaN and -1 otherwise; `fallback`,
+      `fallback_reason`: whether the whole estimate fell back to h_τ and why, one of
+      `FALLBACK_KINDS` (`glocal`, `global`).
+    - `used`, `reasons`: per window and coordinate, `(S, q)` strings: what the estimate took
+      (`"extrapolated"`, `"mean"` or `"local"`, see `glocal_core.estimators.USES`) and, where
+      it did not extrapolate, why (`""` for `none` and `local`, which estimate nothing).
     - `trajectories`: the σ hypergradients of each window, `(S, σ, q)`, if
       `config.keep_trajectories`; else `None`.
     - `seconds_window`, `seconds_playout`, `seconds_estimate`: wall time per window, `(S,)`;
@@ -91,6 +95,8 @@ class OuterResult(NamedTuple):
     num_kept: np.ndarray
     fallback: np.ndarray
     fallback_reason: tuple[str, ...]
+    used: np.ndarray
+    reasons: np.ndarray
     seconds_window: np.ndarray
     seconds_playout: np.ndarray
     seconds_estimate: np.ndarray
@@ -224,7 +230,9 @@ class Checkpoint:
             self.save()
 
 
-_VECTORS = ("phi", "hyperparameters", "hypergradient", "local_hypergradient", "estimate")
+_VECTORS = ("phi", "hyperparameters", "hypergradient", "local_hypergradient", "estimate",
+            "used", "reasons")
+_STRINGS = ("used", "reasons")
 _COLUMNS = tuple(f for f in WindowRecord._fields
                  if f in OuterResult._fields and f not in ("test_metric", "fallback_reason"))
 
@@ -234,7 +242,8 @@ def _history(problem: BilevelProblem, config: OuterConfig, records: list[WindowR
     """The records stacked into an `OuterResult` (empty columns if no window finished)."""
     q = problem.space.size
     columns = {f: np.array([getattr(r, f) for r in records]) if records else
-               np.zeros((0, q) if f in _VECTORS else 0) for f in _COLUMNS}
+               np.zeros((0, q) if f in _VECTORS else 0, dtype=str if f in _STRINGS else float)
+               for f in _COLUMNS}
     evaluated = [r for r in records if r.evaluated]
     keep = records and records[0].trajectory is not None
     return OuterResult(

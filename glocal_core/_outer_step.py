@@ -195,6 +195,8 @@ class WindowRecord(NamedTuple):
     num_kept: int
     fallback: bool
     fallback_reason: str
+    used: tuple
+    reasons: tuple
     seconds_window: float
     seconds_playout: float
     seconds_estimate: float
@@ -253,10 +255,12 @@ def _window(problem, config: OuterConfig, carry: OuterState, tangents) -> Window
 
 def _steady_state(config: OuterConfig, hs: np.ndarray) -> tuple[np.ndarray, tuple, float]:
     """ĥ∞ by `config.estimator`; the diagnostics (spectral radius and modes kept of Eq. 14's
-    fit, where there is one; whether and why it fell back); the seconds the estimate took,
+    fit, where there is one; whether and why it fell back; what each coordinate used and why);
+    the seconds the estimate took,
     without the diagnostics' extra fit. NaN unless `glocal` or `global`."""
     if config.strategy not in ("glocal", "global"):
-        return np.full(hs.shape[1], np.nan), (np.nan, -1, False, ""), 0.0
+        blank = ("",) * hs.shape[1]
+        return np.full(hs.shape[1], np.nan), (np.nan, -1, False, "", blank, blank), 0.0
     start = time.perf_counter()
     estimate = steady_state(hs, sigma=config.sigma, m=config.m, settings=config.estimator)
     seconds = time.perf_counter() - start
@@ -266,7 +270,8 @@ def _steady_state(config: OuterConfig, hs: np.ndarray) -> tuple[np.ndarray, tupl
                            method="paper").fit
     radius, kept = (fit.spectral_radius, int(np.sum(fit.kept))) if isinstance(
         fit, ModeFit) else (np.nan, -1)
-    return estimate.value, (radius, kept, bool(estimate.fallback), estimate.fallback), seconds
+    return estimate.value, (radius, kept, bool(estimate.fallback), estimate.fallback,
+                            estimate.used, estimate.reasons), seconds
 
 
 def step(problem: BilevelProblem, config: OuterConfig,

@@ -30,6 +30,8 @@ def _result(strategy="global", *, target, local, estimate, fallback=None, reason
         spectral_radius=np.full(S, 0.9) if radius is None else np.asarray(radius),
         num_kept=np.ones(S, int), fallback=fallback,
         fallback_reason=tuple(reasons or ("" for _ in range(S))),
+        used=np.where(fallback[:, None], "local", np.full((S, q), "extrapolated")),
+        reasons=np.tile(np.array(reasons or [""] * S)[:, None], (1, q)),
         seconds_window=np.ones(S), seconds_playout=np.zeros(S), seconds_estimate=np.zeros(S),
         seconds_compile=0.0, stopped=stopped, trajectories=trajectories,
     )

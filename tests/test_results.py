@@ -40,7 +40,8 @@ def _result(hyperparameters, accuracy, *, tau=10, strategy="glocal", stopped="",
         test_metric=np.asarray(accuracy, dtype=float), spectral_radius=np.ones(s),
         num_kept=np.ones(s, int),
         fallback=np.zeros(s, bool) if fallback is None else np.asarray(fallback),
-        fallback_reason=("",) * s, seconds_window=np.full(s, seconds),
+        fallback_reason=("",) * s, used=np.full((s, q), "extrapolated"),
+        reasons=np.full((s, q), ""), seconds_window=np.full(s, seconds),
         seconds_playout=np.zeros(s), seconds_estimate=np.zeros(s), seconds_compile=0.0,
         stopped=stopped,
     )
@@ -221,7 +222,7 @@ def test_figures_and_tables_show_strategy_titles(monkeypatch):
     table = gt.summary_table(groups)
     assert [row[1] for row in table.rows] == ["local", default, "glocal (Eq. 14)"]
     assert f"| {default} |" in table.markdown()
-    assert gt.estimator_usage(groups[panel]["glocal-paper"]).startswith("paper (Eq. 14): ")
+    assert gt.estimator_usage(groups[panel]["glocal-paper"]).startswith("paper (Eq. 14) over ")
 
 
 def test_setup_and_runs_tables_name_each_glocal_by_its_estimator():
@@ -377,16 +378,17 @@ def test_runtime_and_fallback_plots_label_what_they_draw():
     plt.close(fig)
 
 
-def test_estimator_usage_counts_the_windows_that_used_the_estimate():
-    runs = [r._replace(fallback_reason=tuple("no eigenvalue near 1" if f else ""
-                                             for f in r.fallback))
-            for r in (_result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[1, 0, 1, 0]),
-                      _result([[0.1, 0.0]] * 4, [0.5] * 4, fallback=[0, 0, 0, 1]))]
+def test_estimator_usage_counts_what_each_entry_used():
+    runs = [_result([[0.1, 0.0]] * 4, [0.5] * 4), _result([[0.1, 0.0]] * 4, [0.5] * 4)]
+    runs[0] = runs[0]._replace(
+        used=np.array([["extrapolated", "mean"], ["local", "mean"]] * 2),
+        reasons=np.array([["", "not confirmed"], ["divergent fit", "not confirmed"]] * 2))
     text = gt.estimator_usage(runs)
     method = runs[0].config.estimator.method
-    assert text.startswith(f"{method} ({gr.estimator_title(method)}): its estimate in 5 of 8 "
-                           "windows (62%)")
-    assert "fell back in 3: {'no eigenvalue near 1': 3}" in text
+    assert text.startswith(f"{method} ({gr.estimator_title(method)}) over 2 run(s), 16 "
+                           "window × hyperparameter entries: extrapolated / mean / local "
+                           "62% / 25% / 12%")
+    assert text.endswith("not extrapolated: not confirmed: 4; divergent fit: 2")
 
 
 def test_analysis_figures_name_the_estimate_they_score():
@@ -461,12 +463,14 @@ def test_points_never_prints_minus_zero():
 def test_fallback_table_counts_windows_and_reasons_per_glocal():
     panel = gr.Panel(ex.DataSpec("fashion_mnist"), "sgd")
     fell = _result([[0.1, 0.01]] * 4, [0.5] * 4, fallback=[True, False, True, False],
-                   method="paper")._replace(fallback_reason=("no eigenvalue near 1", "",
-                                                             "no eigenvalue near 1", ""))
+                   method="paper")._replace(
+        fallback_reason=("no eigenvalue near 1", "", "no eigenvalue near 1", ""),
+        used=np.array([["local"] * 2, ["extrapolated"] * 2] * 2),
+        reasons=np.array([["no eigenvalue near 1"] * 2, [""] * 2] * 2))
     groups = {panel: {"local": [_result([[0.1, 0.01]] * 4, [0.5] * 4, strategy="local")],
                       "glocal": [_result([[0.1, 0.01]] * 4, [0.5] * 4)],
                       "glocal-paper": [fell, fell]}}
     table = gt.fallback_table(groups)
     assert [row[1:] for row in table.rows] == [
-        (gr.strategy_title("glocal"), "4 of 4 (100%)", "none"),
-        ("glocal (Eq. 14)", "4 of 8 (50%)", "no eigenvalue near 1: 4")]
+        (gr.strategy_title("glocal"), "8", "100% / 0% / 0%", "none"),
+        ("glocal (Eq. 14)", "16", "50% / 0% / 50%", "no eigenvalue near 1: 8")]

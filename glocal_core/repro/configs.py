@@ -59,7 +59,9 @@ EXPERIMENTS = ("fig2", "fig3", "table2", "fig4", "table3", "fidelity")
 #    Eq. 14's diagnostics of a non-DMD estimator only with `eq14_diagnostics`.
 # 6: problems are equinox modules with their data as arguments of the jitted steps (float
 #    rounding may differ); OuterResult records test_metric by name and the final phi.
-CACHE_VERSION = 6
+# 7: `cv` decides per coordinate, never returns a divergent fit's fixed point (max_radius,
+#    a margin inflated for autocorrelation); OuterResult records `used` and `reasons`.
+CACHE_VERSION = 7
 # Bump when a change alters what the benchmark (table3) measures; runs stay cached.
 # 2: warm_up compiles the host loop's per-shape operations, which the first window had paid.
 BENCH_VERSION = 2

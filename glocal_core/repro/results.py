@@ -40,6 +40,7 @@ from .. import _estimators as _estimators
 from . import experiments as ex
 from .bench import METHOD as BENCHMARK_METHOD
 from .. import MetaMLP, OuterResult, meta_network
+from ..estimators import USES
 from .experiments import DataSpec, Experiment
 
 DATASET_TITLES = {
@@ -381,6 +382,32 @@ class Fallbacks(NamedTuple):
     def used(self) -> int:
         """Windows that stepped with the estimator's own estimate."""
         return self.windows - self.fell
+
+
+class Usage(NamedTuple):
+    """What a strategy's estimates used, pooled over runs: `entries`, the (window,
+    hyperparameter) pairs; `counts`, `{use: entries}` for each of
+    `glocal_core.estimators.USES`; `reasons`, `{why not extrapolated: entries}`, in
+    first-seen order."""
+
+    entries: int
+    counts: dict[str, int]
+    reasons: dict[str, int]
+
+    def share(self, use: str) -> float:
+        """The share of entries that took `use` (0 where there are none)."""
+        return self.counts.get(use, 0) / max(self.entries, 1)
+
+
+def usage(runs: Sequence[OuterResult]) -> Usage:
+    """`Usage` pooled over `runs` (the seeds of one strategy), from `OuterResult.used` and
+    `OuterResult.reasons`."""
+    used = [u for r in runs for u in np.asarray(r.used).ravel()]
+    counts = {use: sum(u == use for u in used) for use in USES}
+    reasons: dict[str, int] = {}
+    for why in (w for r in runs for w in np.asarray(r.reasons).ravel() if w):
+        reasons[why] = reasons.get(why, 0) + 1
+    return Usage(len(used), counts, reasons)
 
 
 def fallbacks(runs: Sequence[OuterResult]) -> Fallbacks:

@@ -15,6 +15,7 @@ from .. import OuterResult
 from .experiments import NUM_CLASSES, PAPER_TABLE2, PAPER_TABLE3, Experiment
 from .quality import QualitySummary
 from .spectra import DMDGridRow, SpectraRow
+from ..estimators import USES
 from .results import (
     HYPERPARAMETER_TITLES,
     STRATEGY_ORDER,
@@ -28,6 +29,7 @@ from .results import (
     provenance,
     strategy_title,
     update_ratios,
+    usage,
     weighting_curve,
 )
 
@@ -82,14 +84,20 @@ def plus_minus(mean: float, std: float, n: int, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
 
 
+def _uses(u) -> str:
+    return " / ".join(f"{u.share(use):.0%}" for use in USES)
+
+
 def estimator_usage(runs: Sequence[OuterResult]) -> str:
-    """How often the runs' estimator stepped with its own estimate, and why it fell back
-    elsewhere, e.g. `"paper (Eq. 14): its estimate in 53 of 80 windows (66%) over 2 run(s);
-    ..."`."""
-    f, method = fallbacks(runs), runs[0].config.estimator.method
-    return (f"{method} ({estimator_title(method)}): its estimate in {f.used} of "
-            f"{f.windows} windows ({f.used / max(f.windows, 1):.0%}) over {len(runs)} "
-            f"run(s); fell back in {f.fell}: {f.kinds or 'no fallbacks'}")
+    """What the runs' estimates took, over every (window, hyperparameter) pair, and why they
+    did not extrapolate, e.g. `"paper (Eq. 14) over 2 run(s), 160 window × hyperparameter
+    entries: extrapolated / mean / local 66% / 0% / 34%; not extrapolated: no eigenvalue
+    near 1: 54"`."""
+    u, method = usage(runs), runs[0].config.estimator.method
+    reasons = "; ".join(f"{k}: {n}" for k, n in u.reasons.items()) or "none"
+    return (f"{method} ({estimator_title(method)}) over {len(runs)} run(s), {u.entries} "
+            f"window × hyperparameter entries: extrapolated / mean / local {_uses(u)}; "
+            f"not extrapolated: {reasons}")
 
 
 def setup_table(exp: Experiment) -> Table:
@@ -340,14 +348,15 @@ def weighting_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]])
 
 
 def fallback_table(groups: Mapping[Panel, Mapping[str, Sequence[OuterResult]]]) -> Table:
-    """Per panel and glocal strategy: in how many windows its estimator stepped with its own
-    estimate, and why it fell back to the local hypergradient elsewhere (over all seeds)."""
+    """Per panel and glocal strategy, over all seeds and every (window, hyperparameter)
+    pair: the shares its estimate extrapolated, took the window mean and took the local
+    hypergradient, and why it did not extrapolate."""
     rows = []
     for panel, runs in groups.items():
         for strategy, results in ((s, r) for s, r in runs.items() if s.startswith("glocal")):
-            f = fallbacks(results)
-            rows.append((panel.title, strategy_title(strategy),
-                         f"{f.used} of {f.windows} ({f.used / max(f.windows, 1):.0%})",
-                         "; ".join(f"{k}: {n}" for k, n in f.kinds.items()) or "none"))
-    return Table(("data", "strategy", "windows with its estimate", "fell back: why (windows)"),
+            u = usage(results)
+            rows.append((panel.title, strategy_title(strategy), str(u.entries), _uses(u),
+                         "; ".join(f"{k}: {n}" for k, n in u.reasons.items()) or "none"))
+    return Table(("data", "strategy", "window × hyperparameter entries",
+                  "extrapolated / mean / local", "not extrapolated: why (entries)"),
                  tuple(rows))
