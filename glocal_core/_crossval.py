@@ -64,6 +64,9 @@ _MAX_AUTOCORRELATION = 0.8
 # little better than the level does (AR(1) with ρ = 0.8: about 15% better), while on a
 # transient whose bias exceeds the noise it forecasts it several times better.
 _GAIN = 0.5
+# The window mean replaces h_τ only where it lies this many (autocorrelation-inflated)
+# standard errors from zero.
+_SIGN_ERRORS = 2.0
 EXTRAPOLATORS = ("joint", "coord")
 BASELINES = ("mean", "local")
 
@@ -178,17 +181,29 @@ def held_out_rows(m: int, holdout: float, sigma: int) -> int:
     return held
 
 
+def _autocorrelation(rows: np.ndarray) -> np.ndarray:
+    """The lag-1 autocorrelation of each column of `rows` `(n, q)`, clipped to
+    `[0, _MAX_AUTOCORRELATION]`, and the columns' variances."""
+    n = len(rows)
+    centred = rows - rows.mean(axis=0)
+    variance = np.mean(centred**2, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.sum(centred[1:] * centred[:-1], axis=0) / (n * variance)
+    return np.clip(np.nan_to_num(r), 0.0, _MAX_AUTOCORRELATION), variance
+
+
+def _mean_error(W: np.ndarray) -> np.ndarray:
+    """The standard error of each column's mean, inflated for its lag-1 autocorrelation."""
+    r, variance = _autocorrelation(W)
+    return np.sqrt(variance * (1 + r) / (1 - r) / len(W))
+
+
 def _paired_error(difference: np.ndarray) -> np.ndarray:
     """The standard error of the sum over rows of `difference` `(n, q)`, per coordinate,
     inflated by `sqrt((1 + r) / (1 − r))` for the lag-1 autocorrelation `r >= 0` of the rows
     (the variance of a sum of AR(1) terms)."""
-    n = len(difference)
-    centred = difference - difference.mean(axis=0)
-    variance = np.mean(centred**2, axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.sum(centred[1:] * centred[:-1], axis=0) / (n * variance)
-    r = np.clip(np.nan_to_num(r), 0.0, _MAX_AUTOCORRELATION)
-    return np.sqrt(n * variance * (1 + r) / (1 - r))
+    r, variance = _autocorrelation(difference)
+    return np.sqrt(len(difference) * variance * (1 + r) / (1 - r))
 
 
 def cross_validated(W: np.ndarray, m: int, *, holdout: float, margin: float, rtol: float,
@@ -231,10 +246,17 @@ def cross_validated(W: np.ndarray, m: int, *, holdout: float, margin: float, rto
 
     q = W.shape[1]
     columns = np.arange(q)
-    base = np.where(scores["local"] < scores["mean"], 1, 0)  # ties keep the mean
-    base_names = np.array(BASELINES)[base]
+    # The mean stands for the window only where it settles the hypergradient's sign; where it
+    # does not, the window says nothing about the direction that h_τ does not, and the mean
+    # of noise, steadier than h_τ, would only make the outer optimizer step more firmly in a
+    # direction nobody measured (see the trust benchmark).
+    signed = np.abs(limits["mean"]) >= _SIGN_ERRORS * _mean_error(W)
+    better = np.where(scores["local"] < scores["mean"], 1, 0)  # ties keep the mean
+    base_names = np.array(BASELINES)[np.where(signed, better, 1)]
     best = np.where(scores["coord"] < scores["joint"], 1, 0)
     best_names = np.array(EXTRAPOLATORS)[best]
+    # An extrapolation must beat the better forecast of the two, whichever stands in for it.
+    base = better
     base_squared = np.where(base == 1, squared["local"], squared["mean"])
     best_squared = np.where(best == 1, squared["coord"], squared["joint"])
     with np.errstate(invalid="ignore"):

@@ -40,7 +40,6 @@ from .. import _estimators as _estimators
 from . import experiments as ex
 from .bench import METHOD as BENCHMARK_METHOD
 from .. import MetaMLP, OuterResult, meta_network
-from ..estimators import USES
 from .experiments import DataSpec, Experiment
 
 DATASET_TITLES = {
@@ -368,52 +367,3 @@ def update_ratios(runs: Sequence[OuterResult], name: str) -> UpdateRatios:
         used, windows = used + int(kept.sum()), windows + len(kept)
         ratios.append(np.abs(r.hypergradient[kept, column] / r.local_hypergradient[kept, column]))
     return UpdateRatios(used, windows, np.concatenate(ratios) if ratios else np.zeros(0))
-
-
-class Fallbacks(NamedTuple):
-    """How a strategy's runs stepped: `windows` in all, `fell` of them back to h_τ, and
-    `kinds` (`{fallback kind: windows}`, in first-seen order)."""
-
-    windows: int
-    fell: int
-    kinds: dict[str, int]
-
-    @property
-    def used(self) -> int:
-        """Windows that stepped with the estimator's own estimate."""
-        return self.windows - self.fell
-
-
-class Usage(NamedTuple):
-    """What a strategy's estimates used, pooled over runs: `entries`, the (window,
-    hyperparameter) pairs; `counts`, `{use: entries}` for each of
-    `glocal_core.estimators.USES`; `reasons`, `{why not extrapolated: entries}`, in
-    first-seen order."""
-
-    entries: int
-    counts: dict[str, int]
-    reasons: dict[str, int]
-
-    def share(self, use: str) -> float:
-        """The share of entries that took `use` (0 where there are none)."""
-        return self.counts.get(use, 0) / max(self.entries, 1)
-
-
-def usage(runs: Sequence[OuterResult]) -> Usage:
-    """`Usage` pooled over `runs` (the seeds of one strategy), from `OuterResult.used` and
-    `OuterResult.reasons`."""
-    used = [u for r in runs for u in np.asarray(r.used).ravel()]
-    counts = {use: sum(u == use for u in used) for use in USES}
-    reasons: dict[str, int] = {}
-    for why in (w for r in runs for w in np.asarray(r.reasons).ravel() if w):
-        reasons[why] = reasons.get(why, 0) + 1
-    return Usage(len(used), counts, reasons)
-
-
-def fallbacks(runs: Sequence[OuterResult]) -> Fallbacks:
-    """`Fallbacks` pooled over `runs` (the seeds of one strategy)."""
-    kinds: dict[str, int] = {}
-    for kind in (k for r in runs for k in r.fallback_reason if k):
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return Fallbacks(sum(len(r.fallback) for r in runs),
-                     sum(int(np.sum(r.fallback)) for r in runs), kinds)

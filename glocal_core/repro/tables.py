@@ -16,6 +16,7 @@ from .experiments import NUM_CLASSES, PAPER_TABLE2, PAPER_TABLE3, Experiment
 from .quality import QualitySummary
 from .spectra import DMDGridRow, SpectraRow
 from ..estimators import USES
+from .usage import fallbacks, usage
 from .results import (
     HYPERPARAMETER_TITLES,
     STRATEGY_ORDER,
@@ -24,12 +25,10 @@ from .results import (
     benchmark_title,
     describe_data,
     estimator_title,
-    fallbacks,
     final,
     provenance,
     strategy_title,
     update_ratios,
-    usage,
     weighting_curve,
 )
 

@@ -28,6 +28,7 @@ from ._analysis import error_terms_figure as error_terms_figure
 from ._analysis import fidelity_figure as fidelity_figure
 from ._analysis import quality_figure as quality_figure
 from ._analysis import spectra_figure as spectra_figure
+from ._analysis import trust_figure as trust_figure
 from ._base import BOOK_WIDTH as BOOK_WIDTH
 from ._base import OTHER_MODES_COLOR as OTHER_MODES_COLOR
 from ._base import STRATEGY_COLORS as STRATEGY_COLORS

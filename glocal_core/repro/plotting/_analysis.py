@@ -13,6 +13,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 from ... import _estimators as _estimators
 from .. import results as gr
 from .. import tables as gt
+from .. import trust as gtr
 from ..experiments import Experiment
 from ..quality import EstimateQuality, QualitySummary
 from ..spectra import DMDGridRow, ErrorTerms, SpectraRow
@@ -228,5 +229,36 @@ def fidelity_figure(exp: Experiment, rows: Sequence[Mapping]) -> Figure:
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4,
                fontsize=9)
     fig.suptitle(f"Steady-state estimators against h_T, per recording\n({gr.provenance(exp)})",
+                 fontsize=9)
+    return fig
+
+
+def trust_figure(rows: Sequence) -> Figure:
+    """The trust benchmark (`trust.trust_rows`): one panel per setup, one bar per strategy,
+    its mean paired difference from local on the same seeds (positive: better than local;
+    points of accuracy, or relative loss), with two standard errors as whiskers; the shaded
+    band is what `trust.meets_targets` tolerates."""
+    setups = list(dict.fromkeys(r.setup for r in rows))
+    fig, axes = plt.subplots(1, len(setups), figsize=(2.4 * len(setups) + 1, 3.6),
+                             sharey=False, layout="constrained")
+    for ax, name in zip(np.atleast_1d(axes), setups):
+        mine = [r for r in rows if r.setup == name and r.strategy != "local"]
+        y = np.arange(len(mine))[::-1]
+        colors = [ESTIMATOR_COLORS.get(r.strategy.split("-", 1)[-1], "0.5")
+                  if r.strategy.startswith("glocal") else STRATEGY_COLORS[r.strategy]
+                  for r in mine]
+        ax.barh(y, [r.versus_local for r in mine], xerr=[2 * np.nan_to_num(r.versus_local_se)
+                                                           for r in mine],
+                color=colors, capsize=2)
+        band = 0.01 if gtr.SETUPS[name].loss else 0.005
+        ax.axvspan(-band, band, color="0.85", zorder=0)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, labels=[gr.strategy_title(r.strategy).replace(" (", "\n(")
+                                 for r in mine], fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("relative loss gain" if gtr.SETUPS[name].loss else "accuracy gain",
+                      fontsize=8)
+    fig.suptitle("Final metric against local on the same seed (right of 0: better than local; "
+                 "whiskers: 2 standard errors)\nown models, the same at every profile",
                  fontsize=9)
     return fig
