@@ -71,7 +71,7 @@ test: data-check $(STAMP)
 	echo "make test, seconds per stage:"; cat _build/test-times.txt; exit $$status
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --durations=15 tests
 
 # Each notebook is executed once per `make test`: nbmake runs a scratch copy of the book's
 # sources (EXECUTED) and writes the outputs into it (--overwrite), with the static widgets

@@ -36,6 +36,8 @@ estimate), the estimator:
    errors of their paired difference on the tail (`UNCONFIRMED` otherwise). The standard
    error is inflated by the lag-1 autocorrelation of the differences, so that correlated
    noise, whose tail a recurrence forecasts well for a few steps, does not pass for dynamics.
+   The mean stands in as the baseline only where it also lies `sign_errors` standard errors
+   from zero, so that it settles the sign of the hypergradient; elsewhere `h_τ` does.
 
 The extrapolators are exact, up to round-off, on their class of noise-free windows, and the
 guards never reject those: their roots lie inside the unit circle.
@@ -64,9 +66,6 @@ _MAX_AUTOCORRELATION = 0.8
 # little better than the level does (AR(1) with ρ = 0.8: about 15% better), while on a
 # transient whose bias exceeds the noise it forecasts it several times better.
 _GAIN = 0.5
-# The window mean replaces h_τ only where it lies this many (autocorrelation-inflated)
-# standard errors from zero.
-_SIGN_ERRORS = 2.0
 EXTRAPOLATORS = ("joint", "coord")
 BASELINES = ("mean", "local")
 
@@ -207,14 +206,17 @@ def _paired_error(difference: np.ndarray) -> np.ndarray:
 
 
 def cross_validated(W: np.ndarray, m: int, *, holdout: float, margin: float, rtol: float,
-                    max_growth: float, max_radius: float) -> tuple[np.ndarray, CrossValidation]:
+                    max_growth: float, max_radius: float,
+                    sign_errors: float) -> tuple[np.ndarray, CrossValidation]:
     """The steady state of the window `W` `(sigma, q)` (float64, finite) by `cv`, decided
     coordinate by coordinate (see the module docstring for the rule).
 
     **Arguments:** `m`, the order of the recurrences; `holdout`, the share of rows held out;
     `margin`, the standard errors an extrapolation must win by; `rtol`, the singular-value
     cut-off of the fits; `max_growth`, how many window ranges a fixed point may lie from the
-    last value; `max_radius`, the largest modulus admitted for a characteristic root.
+    last value; `max_radius`, the largest modulus admitted for a characteristic root;
+    `sign_errors`, how many autocorrelation-inflated standard errors from zero the window
+    mean must lie to replace `h_τ`.
 
     **Returns:** `(value (q,), CrossValidation)`. Every coordinate's value is an admitted
     extrapolation, the window mean or the last row: never a divergent fit's fixed point.
@@ -250,7 +252,7 @@ def cross_validated(W: np.ndarray, m: int, *, holdout: float, margin: float, rto
     # does not, the window says nothing about the direction that h_τ does not, and the mean
     # of noise, steadier than h_τ, would only make the outer optimizer step more firmly in a
     # direction nobody measured (see the trust benchmark).
-    signed = np.abs(limits["mean"]) >= _SIGN_ERRORS * _mean_error(W)
+    signed = np.abs(limits["mean"]) >= sign_errors * _mean_error(W)
     better = np.where(scores["local"] < scores["mean"], 1, 0)  # ties keep the mean
     base_names = np.array(BASELINES)[np.where(signed, better, 1)]
     best = np.where(scores["coord"] < scores["joint"], 1, 0)

@@ -95,6 +95,13 @@ class EstimatorSettings(NamedTuple):
       `rre`) or the affine map's eigenvalue (`affine`) may have for its fixed point to be
       used, in `(0, 1)`: a fit with a root outside converges to nothing, and its fixed point
       is an anti-limit (`DIVERGENT`). The default admits a mode of time constant 1,000 steps.
+    - `sign_errors`: where `cv` does not extrapolate a coordinate, the window mean replaces
+      `h_τ` only if it lies this many standard errors (inflated for autocorrelation) from
+      zero, `>= 0`. Where the window does not settle the sign, the mean of noise is no
+      better an estimate than `h_τ`, and steadier: the outer optimizer then steps firmly in
+      a direction nobody measured (the trust benchmark: over 16 seeds of an over-fitting
+      regression, 0 put glocal 7.6% behind local, 3 within 0.5%). 0 takes the mean wherever
+      it forecasts better.
     """
 
     method: str = "cv"
@@ -104,6 +111,7 @@ class EstimatorSettings(NamedTuple):
     holdout: float = 0.25
     margin: float = 1.0
     max_radius: float = 0.999
+    sign_errors: float = 3.0
 
     def checked(self) -> "EstimatorSettings":
         """These settings, or a `ValueError` that names the bad one and its range."""
@@ -111,7 +119,8 @@ class EstimatorSettings(NamedTuple):
             raise ValueError(f"method={self.method!r}: choose one of {', '.join(METHODS)}.")
         bounds = {"delta": self.delta > 0, "rtol": 0 < self.rtol < 1,
                   "max_growth": self.max_growth > 0, "holdout": 0 < self.holdout < 1,
-                  "margin": self.margin >= 0, "max_radius": 0 < self.max_radius < 1}
+                  "margin": self.margin >= 0, "max_radius": 0 < self.max_radius < 1,
+                  "sign_errors": self.sign_errors >= 0}
         for name, ok in bounds.items():
             if not ok:
                 raise ValueError(f"`{name}`={getattr(self, name)!r} is out of range; the "
@@ -333,7 +342,8 @@ def steady_state(H, sigma: int = 80, m: int = 10, *, method: str | None = None,
         value, fit = cross_validated(window, m, holdout=settings.holdout,
                                      margin=settings.margin, rtol=_CV_RTOL,
                                      max_growth=settings.max_growth,
-                                     max_radius=settings.max_radius)
+                                     max_radius=settings.max_radius,
+                                     sign_errors=settings.sign_errors)
         used = tuple(EXTRAPOLATED if c in EXTRAPOLATORS else c for c in fit.choice)
         return Estimate(value, local, "", method, fit, used, fit.reasons)
     fit = None

@@ -249,3 +249,18 @@ def test_every_method_says_what_each_coordinate_used():
     assert steady_state(H, method="mean").used == ("mean",) * 3
     assert steady_state(H, method="local").used == ("local",) * 3
     assert steady_state(H, method="paper").used == ("extrapolated",) * 3
+
+
+def test_the_mean_replaces_the_local_value_only_where_it_settles_the_sign():
+    """Where no extrapolation is confirmed, the window mean stands in for h_τ only if it lies
+    `sign_errors` standard errors from zero; noise around zero keeps h_τ, noise around a
+    clear level takes the mean, and `sign_errors=0` takes the mean wherever it forecasts
+    better."""
+    noise = 0.1 * np.random.default_rng(6).normal(size=(80, 2))
+    around_zero = steady_state(noise + np.array([0.0, 1.0]))
+    assert around_zero.used == ("local", "mean")
+    np.testing.assert_array_equal(around_zero.value[0], noise[-1, 0])
+    assert around_zero.value[1] == pytest.approx(1.0 + noise[:, 1].mean())
+    assert steady_state(noise, sign_errors=0.0).used == ("mean", "mean")
+    with pytest.raises(ValueError, match="sign_errors"):
+        steady_state(noise, sign_errors=-1.0)

@@ -34,6 +34,7 @@ def test_rows_pair_each_seed_with_its_local_twin(monkeypatch):
     assert rows["glocal-cv"].versus_local_se == pytest.approx(0.0, abs=1e-12)
     assert rows["glocal-cv"].gap_closed == pytest.approx(0.25)
     assert rows["glocal-paper"].far_behind == 1 and rows["glocal-paper"].seeds == 4
+    assert rows["glocal-paper"].far_ahead == 0 and rows["global"].far_ahead == 2
     assert gtr.meets_targets(rows["glocal-cv"])
     assert not gtr.meets_targets(rows["glocal-paper"]._replace(far_behind=2))
     assert rows["glocal-mean"].gap_closed == pytest.approx(0.0)

@@ -16,7 +16,7 @@ from .experiments import NUM_CLASSES, PAPER_TABLE2, PAPER_TABLE3, Experiment
 from .quality import QualitySummary
 from .spectra import DMDGridRow, SpectraRow
 from ..estimators import USES
-from .usage import fallbacks, usage
+from .usage import usage
 from .results import (
     HYPERPARAMETER_TITLES,
     STRATEGY_ORDER,

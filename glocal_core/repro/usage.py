@@ -1,6 +1,6 @@
-"""What a strategy's estimates used, counted over its runs: whole windows that fell back to
-the local hypergradient (`fallbacks`), and each (window, hyperparameter) entry's use
-(`usage`: extrapolated, window mean or local), for the tables and chapters."""
+"""What a strategy's estimates used, counted over its runs: each (window, hyperparameter)
+entry's use (`usage`: extrapolated, window mean or local) and why it did not extrapolate,
+for the tables and chapters."""
 
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -9,20 +9,6 @@ import numpy as np
 
 from .. import OuterResult
 from ..estimators import USES
-
-
-class Fallbacks(NamedTuple):
-    """How a strategy's runs stepped: `windows` in all, `fell` of them back to h_τ, and
-    `kinds` (`{fallback kind: windows}`, in first-seen order)."""
-
-    windows: int
-    fell: int
-    kinds: dict[str, int]
-
-    @property
-    def used(self) -> int:
-        """Windows that stepped with the estimator's own estimate."""
-        return self.windows - self.fell
 
 
 class Usage(NamedTuple):
@@ -49,12 +35,3 @@ def usage(runs: Sequence[OuterResult]) -> Usage:
     for why in (w for r in runs for w in np.asarray(r.reasons).ravel() if w):
         reasons[why] = reasons.get(why, 0) + 1
     return Usage(len(used), counts, reasons)
-
-
-def fallbacks(runs: Sequence[OuterResult]) -> Fallbacks:
-    """`Fallbacks` pooled over `runs` (the seeds of one strategy)."""
-    kinds: dict[str, int] = {}
-    for kind in (k for r in runs for k in r.fallback_reason if k):
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return Fallbacks(sum(len(r.fallback) for r in runs),
-                     sum(int(np.sum(r.fallback)) for r in runs), kinds)
