@@ -68,6 +68,7 @@ def test_a_tiny_setup_runs_every_strategy_and_the_cli_prints_it(monkeypatch, tmp
     default = trust.runs["tiny"]["glocal-cv"][0]
     assert default.used.shape == (10, 1) and set(default.used.ravel()) <= {
         "extrapolated", "mean", "local"}
+    assert gtr.cache_path(tmp_path, "tiny").exists()
     monkeypatch.setattr(gtr, "run_trust", lambda *a, **k: pytest.fail("not read from cache"))
     cached = gtr.load_or_run(tmp_path, ["tiny"])
     np.testing.assert_array_equal(cached.runs["tiny"]["glocal-cv"][1].hyperparameters,

@@ -159,12 +159,13 @@ def _reproduce(args) -> int:
     except (DatasetNotPreparedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.name == "all" and not (args.dry_run or args.list or shard):
+    if args.name == "all" and not (args.dry_run or args.list):
         from . import trust as gtr
 
         print("# trust: own models tuned by every strategy (the same at every profile)")
-        print(gtr.trust_table(gtr.trust_rows(gtr.load_or_run(
-            args.cache_dir or ex.default_cache_dir()))))
+        setups = list(gtr.SETUPS)[shard[0]::shard[1]] if shard else None
+        trust = gtr.load_or_run(args.cache_dir or ex.default_cache_dir(), setups)
+        print(gtr.trust_table(gtr.trust_rows(trust)))
     if over:
         print(f"error: over the memory limit of {args.memory_limit:g} GiB: {', '.join(over)}",
               file=sys.stderr)

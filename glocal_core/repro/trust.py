@@ -238,25 +238,30 @@ def run_trust(setups: Sequence[str] | None = None, *, progress: bool = True) -> 
     return TrustRuns(runs, seconds)
 
 
-def cache_key(setups: Sequence[str]) -> str:
-    """A hash of what determines the benchmark's runs."""
-    fields = {name: [SETUPS[name][2:], [str(_config(SETUPS[name], s)) for s in STRATEGIES]]
-              for name in setups}
-    text = json.dumps([CACHE_VERSION, TRUST_VERSION, fields], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def cache_path(cache_dir: str | Path, name: str) -> Path:
+    """Where setup `name`'s runs are cached: a hash of what determines them in the name."""
+    fields = [SETUPS[name][2:], [str(_config(SETUPS[name], s)) for s in STRATEGIES]]
+    text = json.dumps([CACHE_VERSION, TRUST_VERSION, name, fields], sort_keys=True, default=str)
+    return Path(cache_dir) / f"trust-{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.pkl"
 
 
 def load_or_run(cache_dir: str | Path, setups: Sequence[str] | None = None, *,
                 progress: bool = True) -> TrustRuns:
-    """The cached `TrustRuns` of `setups` (default: all of `SETUPS`) under `cache_dir`, or
-    run them and cache them."""
+    """The `TrustRuns` of `setups` (default: all of `SETUPS`): each setup loaded from its
+    cache file under `cache_dir`, or run and cached as soon as it finishes, so that an
+    interrupted benchmark keeps its finished setups and two processes can share the work
+    (`reproduce all --shard K/N` runs every N-th setup)."""
     setups = tuple(SETUPS) if setups is None else tuple(setups)
-    path = Path(cache_dir) / f"trust-{cache_key(setups)}.pkl"
-    if path.exists():
-        return load_pickle(path)
-    runs = run_trust(setups, progress=progress)
-    save_pickle(path, runs)
-    return runs
+    runs, seconds = {}, {}
+    for name in setups:
+        path = cache_path(cache_dir, name)
+        if path.exists():
+            done = load_pickle(path)
+        else:
+            done = run_trust([name], progress=progress)
+            save_pickle(path, done)
+        runs[name], seconds[name] = done.runs[name], done.seconds[name]
+    return TrustRuns(runs, seconds)
 
 
 def _final(results: Sequence[OuterResult]) -> np.ndarray:
@@ -359,7 +364,8 @@ def trust_table(rows: Sequence[TrustRow]):
             f"{_number(r.versus_local, loss, signed=True)} ± "
             f"{_number(r.versus_local_se, loss)}",
             f"{r.far_behind} / {r.far_ahead} of {r.seeds}" if r.strategy != "local" else "",
-            "" if not glocal else f"{r.gap_closed:.0%}" if np.isfinite(r.gap_closed)
+            "" if not glocal else f"{round(r.gap_closed, 2) + 0.0:.0%}"
+            if np.isfinite(r.gap_closed)
             else "no gap",
             _number(r.error, False), _number(r.sign, False),
             ("yes" if meets_targets(r) else "**no**") if glocal else ""))
