@@ -20,7 +20,7 @@ else
 BOOK_OUT := _build/profiles/$(GLOCAL_PROFILE)
 endif
 
-.PHONY: install data-check book test unit notebooks book-strict browser sizes lab bench gpu-check reproduce data clean
+.PHONY: install data-check book test unit experiments notebooks book-strict browser sizes lab bench gpu-check reproduce data clean
 
 install: $(STAMP)
 
@@ -53,13 +53,31 @@ $(STAMP): pyproject.toml
 # The experiments run first, outside the book build, so that a first build shows which
 # experiment and run it is computing, with progress bars on stderr (inside the build the
 # notebooks' output is captured); the build then loads every result from the cache.
-book: data-check $(STAMP)
-	$(BIN)/python -m glocal_core reproduce all $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+book: experiments
 	GLOCAL_STATIC_WIDGETS=1 $(BIN)/jupyter-book build . --path-output $(BOOK_OUT)
 	@echo "Book: $(BOOK_OUT)/_build/html/index.html"
 
 # Each stage timed; the summary is printed at the end, also when a stage fails.
-STAGES := unit notebooks book-strict browser
+STAGES := unit experiments notebooks book-strict browser
+# The experiments on both cores, for make book and make test: the runtime benchmark (table3)
+# alone first, so that its timings share the machine with nothing; then SHARDS processes,
+# each computing every SHARDS-th run of every experiment and every SHARDS-th setup of the
+# trust benchmark into the one cache (shard 0's progress on the terminal, the others' in
+# _build/shard-K.log); then one pass that loads everything and prints the tables.
+SHARDS ?= 2
+DATA_ARG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+experiments: data-check $(STAMP)
+	$(BIN)/python -m glocal_core reproduce table3 $(DATA_ARG)
+	@mkdir -p _build; pids=""; \
+	for k in $$(seq 1 $$(($(SHARDS) - 1))); do \
+		$(BIN)/python -m glocal_core reproduce all --shard $$k/$(SHARDS) $(DATA_ARG) \
+			> _build/shard-$$k.log 2>&1 & pids="$$pids $$!"; \
+	done; \
+	$(BIN)/python -m glocal_core reproduce all --shard 0/$(SHARDS) $(DATA_ARG); status=$$?; \
+	for pid in $$pids; do wait $$pid || status=1; done; \
+	if [ $$status != 0 ]; then tail -n 40 _build/shard-*.log; exit 1; fi
+	$(BIN)/python -m glocal_core reproduce all $(DATA_ARG)
+
 test: data-check $(STAMP)
 	@mkdir -p _build; : > _build/test-times.txt; status=0; \
 	for stage in $(STAGES); do \
