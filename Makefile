@@ -99,7 +99,8 @@ unit: $(STAMP)
 # path, which the static build never ran, is covered by tests/test_widgets.py.
 # Per-cell timeouts live in each notebook's metadata (see _config.yml); 600 s is the default
 # for a notebook without one.
-EXECUTED := _build/executed
+# Not under _build: nbmake collects no notebook whose path has a `_build` part.
+EXECUTED := _executed
 notebooks: $(STAMP)
 	rm -rf $(EXECUTED); mkdir -p $(EXECUTED)
 	cp -r book notebooks _static _toc.yml $(EXECUTED)/
@@ -144,4 +145,4 @@ data: $(STAMP)
 	$(BIN)/python -m glocal_core data prepare $(NAME) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build _executed .pytest_cache
