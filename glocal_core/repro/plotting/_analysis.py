@@ -17,7 +17,7 @@ from .. import trust as gtr
 from ..experiments import Experiment
 from ..quality import EstimateQuality, QualitySummary
 from ..spectra import DMDGridRow, ErrorTerms, SpectraRow
-from ._base import OTHER_MODES_COLOR, STRATEGY_COLORS, panel_grid, shared_legend
+from ._base import BOOK_WIDTH, OTHER_MODES_COLOR, STRATEGY_COLORS, panel_grid, shared_legend
 
 # One colour per steady-state estimator (the fidelity benchmark), the strategies' where the
 # estimator is a strategy's.
@@ -239,9 +239,13 @@ def trust_figure(rows: Sequence) -> Figure:
     points of accuracy, or relative loss), with two standard errors as whiskers; the shaded
     band is what `trust.meets_targets` tolerates."""
     setups = list(dict.fromkeys(r.setup for r in rows))
-    fig, axes = plt.subplots(1, len(setups), figsize=(2.4 * len(setups) + 1, 3.6),
-                             sharey=False, layout="constrained")
-    for ax, name in zip(np.atleast_1d(axes), setups):
+    columns = 2
+    rows_ = -(-len(setups) // columns)
+    fig, axes = plt.subplots(rows_, columns, figsize=(BOOK_WIDTH, 2.6 * rows_ + 0.6),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat[len(setups):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, setups):
         mine = [r for r in rows if r.setup == name and r.strategy != "local"]
         y = np.arange(len(mine))[::-1]
         colors = [ESTIMATOR_COLORS.get(r.strategy.split("-", 1)[-1], "0.5")
@@ -252,6 +256,19 @@ def trust_figure(rows: Sequence) -> Figure:
                 color=colors, capsize=2)
         band = 0.01 if gtr.SETUPS[name].loss else 0.005
         ax.axvspan(-band, band, color="0.85", zorder=0)
+        # A bar far beyond the others (no tuning from a diverging rate) is cut at the edge and
+        # labelled, so that it does not flatten the bars a reader compares.
+        tuned = [abs(r.versus_local) + 2 * np.nan_to_num(r.versus_local_se)
+                 for r in mine if r.strategy != "none"]
+        edge = 1.3 * max(max(tuned, default=0.0), band)
+        for yi, r in zip(y, mine):
+            if abs(r.versus_local) > 3 * edge:
+                ax.annotate(f"{r.versus_local:+.0%}" if gtr.SETUPS[name].loss
+                            else f"{r.versus_local:+.3f}", (np.sign(r.versus_local) * edge, yi),
+                            ha="right" if r.versus_local > 0 else "left", va="center",
+                            fontsize=7, color="white", xytext=(3 if r.versus_local < 0 else -3, 0),
+                            textcoords="offset points")
+                ax.set_xlim(-edge, edge)
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(y, labels=[gr.strategy_title(r.strategy).replace(" (", "\n(")
                                  for r in mine], fontsize=7)
