@@ -93,10 +93,6 @@ class CrossValidation(NamedTuple):
     radius: dict
     holdout: int
 
-    @property
-    def extrapolated(self) -> np.ndarray:
-        """Bool `(q,)`: which coordinates took an extrapolation."""
-        return np.array([c in EXTRAPOLATORS for c in self.choice], dtype=bool)
 
 
 def _min_norm(R: np.ndarray, rtol: float, floor) -> np.ndarray:
@@ -113,12 +109,12 @@ def _min_norm(R: np.ndarray, rtol: float, floor) -> np.ndarray:
 def root_radius(beta: np.ndarray) -> np.ndarray:
     """The largest modulus of the characteristic roots of `x_{t+k} = Σ_{i<k} β_i x_{t+i}`,
     the eigenvalues of its companion matrix; `beta` `(..., k)`, returns `(...)`."""
+    if not np.all(np.isfinite(beta)):
+        return np.full(beta.shape[:-1], np.inf)
     k = beta.shape[-1]
     companion = np.zeros(beta.shape[:-1] + (k, k))
     companion[..., :-1, 1:] = np.eye(k - 1)
     companion[..., -1, :] = beta
-    if not np.all(np.isfinite(beta)):
-        return np.full(beta.shape[:-1], np.inf)
     return np.max(np.abs(np.linalg.eigvals(companion)), axis=-1)
 
 
@@ -258,12 +254,11 @@ def cross_validated(W: np.ndarray, m: int, *, holdout: float, margin: float, rto
     best = np.where(scores["coord"] < scores["joint"], 1, 0)
     best_names = np.array(EXTRAPOLATORS)[best]
     # An extrapolation must beat the better forecast of the two, whichever stands in for it.
-    base = better
-    base_squared = np.where(base == 1, squared["local"], squared["mean"])
+    base_squared = np.where(better == 1, squared["local"], squared["mean"])
     best_squared = np.where(best == 1, squared["coord"], squared["joint"])
     with np.errstate(invalid="ignore"):
         noise = margin * _paired_error(np.nan_to_num(best_squared - base_squared))
-    base_score = np.stack([scores[n] for n in BASELINES])[base, columns]
+    base_score = np.stack([scores[n] for n in BASELINES])[better, columns]
     best_score = np.stack([scores[n] for n in EXTRAPOLATORS])[best, columns]
     wins = (best_score + noise < base_score) & (best_score <= _GAIN * base_score)
     choice = np.where(wins, best_names, base_names)

@@ -57,6 +57,7 @@ from .._io import load_pickle, save_pickle
 from .configs import CACHE_VERSION
 from .fidelity import estimator_scores
 from .results import strategy_title
+from .tables import Table
 
 # The estimators run as glocal strategies, the default first.
 TRUST_METHODS = ("cv", "paper", "mean")
@@ -352,8 +353,6 @@ def _number(x: float, loss: bool, *, signed: bool = False) -> str:
 
 def trust_table(rows: Sequence[TrustRow]):
     """The trust table (a `tables.Table`): one row per setup and strategy."""
-    from .tables import Table
-
     out = []
     for r in rows:
         loss = SETUPS[r.setup].loss
@@ -382,8 +381,6 @@ def trust_table(rows: Sequence[TrustRow]):
 
 def setups_table():
     """What each setup runs (a `tables.Table`)."""
-    from .tables import Table
-
     return Table(("setup", "what", "T / τ / σ / m", "seeds (global)"), tuple(
         (name, s.title, f"{s.total_steps} / {s.tau} / {s.sigma} / {s.m}",
          f"{s.seeds} ({s.global_seeds})") for name, s in SETUPS.items()))
